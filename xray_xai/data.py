@@ -1,0 +1,87 @@
+"""Labelled folders of radiographs and a patient-level validation split.
+
+A dataset folder is ``DIR/{NORMAL,PNEUMONIA}/*``. Several images can belong to one patient
+(the patient is encoded in the file name), so validation patients are drawn by patient, never
+by image: otherwise near-identical images sit on both sides and validation scores leak.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASSES
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ""}
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_"),  # person123_bacteria_4.jpeg
+    re.compile(r"^(NORMAL2-IM-\d+)"),  # NORMAL2-IM-1427-0001.jpeg
+    re.compile(r"^(IM-\d+)"),  # IM-0115-0001.jpeg
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file."""
+
+    path: Path
+    label: int  # index into CLASSES
+
+    @property
+    def patient(self) -> str:
+        return patient_id(self.path.name)
+
+
+def patient_id(file_name: str) -> str:
+    """Patient identifier encoded in a Kermany et al. file name (the stem if unknown)."""
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(file_name)
+        if match:
+            return match.group(1)
+    return Path(file_name).stem
+
+
+def list_samples(root: str | Path) -> list[Sample]:
+    """All image files under ``root/NORMAL`` and ``root/PNEUMONIA``, sorted by class then name."""
+    root = Path(root)
+    missing = [name for name in CLASSES if not (root / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} must contain the folders {', '.join(CLASSES)}; missing: {', '.join(missing)}")
+    samples = []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((root / name).iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                samples.append(Sample(path, label))
+    return samples
+
+
+def split_by_patient(samples: list[Sample], val_fraction: float = 0.15, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic class-stratified split that keeps every patient on one side.
+
+    Patients are grouped by the class of their images (a patient whose images carry both labels
+    is grouped by their majority label) and ``val_fraction`` of each group goes to validation.
+    """
+    by_patient: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_patient.setdefault(sample.patient, []).append(sample)
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for label in range(len(CLASSES)):
+        group = sorted(p for p, s in by_patient.items() if round(np.mean([x.label for x in s])) == label)
+        order = rng.permutation(len(group))
+        n_val = int(round(val_fraction * len(group)))
+        val_patients.update(group[i] for i in order[:n_val])
+    train = [s for s in samples if s.patient not in val_patients]
+    val = [s for s in samples if s.patient in val_patients]
+    return train, val
+
+
+def split_with_patients(samples: list[Sample], val_patients: set[str]) -> tuple[list[Sample], list[Sample]]:
+    """Reproduce a saved split from its validation patient ids."""
+    train = [s for s in samples if s.patient not in val_patients]
+    val = [s for s in samples if s.patient in val_patients]
+    return train, val

@@ -1,0 +1,130 @@
+"""Model creation, the model card, and integrity-checked safetensors checkpoints.
+
+Configuration lives in data: a checkpoint is a ``NAME.safetensors`` weight file plus a
+``NAME.json`` model card that names the architecture, the input size, the normalisation, the
+temperature, the operating points and the sha256 of the weight file. Nothing here touches the
+network and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "classifier.json"
+DEFAULT_LUNG_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "lungs.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or fails its integrity check."""
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild, preprocess for and interpret a classifier checkpoint."""
+
+    arch: str
+    input_size: int
+    mean: float
+    std: float
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    temperature: float = 1.0
+    operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""
+    sha256: str = ""
+    weights_dtype: str = "float16"
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelCard":
+        raw = json.loads(Path(path).read_text())
+        raw["classes"] = tuple(raw.get("classes", cls.classes))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def create_model(arch: str, in_chans: int = 1, num_classes: int = 1, **kwargs: Any) -> torch.nn.Module:
+    """A timm model, always randomly initialised: weights never come from a hub."""
+    return timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    card: ModelCard,
+    card_path: str | Path,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> ModelCard:
+    """Write ``card_path`` (JSON) and its weight file next to it; fill in the card's sha256."""
+    card_path = Path(card_path)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    weights_path = card_path.with_suffix(".safetensors")
+    tensors = {f"model.{k}": _stored(v, dtype) for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v.detach().float().contiguous().cpu() for k, v in (extra_tensors or {}).items()})
+    tmp = weights_path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, weights_path)
+    card.weights = weights_path.name
+    card.weights_dtype = str(dtype).removeprefix("torch.")
+    card.sha256 = sha256_file(weights_path)
+    card.to_json(card_path)
+    return card
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.detach().cpu().contiguous()
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def load_checkpoint(
+    card_path: str | Path, model_factory=create_model
+) -> tuple[torch.nn.Module, ModelCard, dict[str, torch.Tensor]]:
+    """Rebuild the model of a card, after checking the weight file's sha256.
+
+    Returns the model in eval mode (float32, channels_last), its card, and the extra tensors
+    stored beside the weights (e.g. feature statistics for out-of-distribution checks).
+    """
+    card_path = Path(card_path)
+    if not card_path.is_file():
+        raise CheckpointError(f"Model card not found: {card_path}. Train a model or pass --checkpoint.")
+    card = ModelCard.from_json(card_path)
+    weights_path = card_path.parent / card.weights
+    if not card.weights or not weights_path.is_file():
+        raise CheckpointError(f"Weight file {weights_path} named by {card_path.name} is missing.")
+    actual = sha256_file(weights_path)
+    if actual != card.sha256:
+        raise CheckpointError(
+            f"Weight file {weights_path.name} fails its integrity check (sha256 {actual[:12]}..., "
+            f"model card expects {card.sha256[:12]}...). Refusing to load it."
+        )
+    tensors = load_file(str(weights_path))
+    state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
+    extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    model = model_factory(card.arch)
+    model.load_state_dict(state)
+    model.eval().to(memory_format=torch.channels_last)
+    return model, card, extras

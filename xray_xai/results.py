@@ -1,0 +1,112 @@
+"""The result schema shared by the pipeline, the report, the app, the CLI and the JSON export.
+
+Plain frozen dataclasses: producers fill them, consumers only read them, and
+:func:`to_jsonable` turns any of them into the JSON the app offers for download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
+
+# Confidence bands on the calibrated probability of the reported label: (lower bound, name).
+BANDS: tuple[tuple[float, str], ...] = ((0.90, "High"), (0.60, "Moderate"), (0.0, "Low"))
+BAND_EXPLANATION = (
+    "Confidence band = calibrated probability of the reported label: "
+    "High >= 90%, Moderate 60-90%, Low < 60%."
+)
+
+
+def confidence_band(confidence: float) -> str:
+    """Band name for the calibrated probability of the reported label."""
+    for lower, name in BANDS:
+        if confidence >= lower:
+            return name
+    return BANDS[-1][1]
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named decision threshold on P(pneumonia) and its validation performance."""
+
+    name: str  # "balanced" | "screening" | "rule_in"
+    threshold: float
+    sensitivity: float
+    specificity: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str  # "PNEUMONIA" if probability >= operating_point.threshold else "NORMAL"
+    probability: float  # calibrated P(pneumonia)
+    confidence: float  # calibrated probability of the reported label
+    band: str  # "High" | "Moderate" | "Low"
+    operating_point: OperatingPoint
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """Whether the input looks unlike the training data (pediatric frontal chest radiographs)."""
+
+    flagged: bool = False
+    reasons: tuple[str, ...] = ()
+    distance: float | None = None  # Mahalanobis distance in feature space
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far Grad-CAM and occlusion point at the same regions."""
+
+    spearman: float
+    top20_iou: float
+    verdict: str  # "agree" | "partly agree" | "disagree"
+    grid: tuple[int, int]  # resolution at which the maps were compared
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Where the heatmaps fall relative to the lungs.
+
+    ``zones`` maps a method name ("gradcam", "occlusion") to shares of that map's mass by
+    zone key: "right upper", "right middle", "right lower", "left upper", "left middle",
+    "left lower" and "outside lungs" ("right" and "left" are the PATIENT's sides: the
+    patient's right is on the image's left). When the lung segmentation is unavailable or
+    implausible (``segmentation_ok`` False) the same keys name image regions instead (image
+    halves and thirds) and "outside lungs" is absent.
+    """
+
+    segmentation_ok: bool
+    segmentation_note: str | None = None
+    lung_area_fraction: float | None = None
+    outside_lung_share: dict[str, float] = field(default_factory=dict)
+    zones: dict[str, dict[str, float]] = field(default_factory=dict)
+    shortcut_warning: bool = False
+    shortcut_methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything one analysis produced, minus the images."""
+
+    prediction: Prediction
+    ood: OODResult = OODResult()
+    input_warnings: tuple[str, ...] = ()
+    cam_method: str = "gradcam"
+    explained_class: str = "PNEUMONIA"  # the class whose evidence the maps show
+    anatomy: Anatomy | None = None
+    agreement: Agreement | None = None  # None until occlusion has run
+    report: str = ""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples and numpy scalars -> plain JSON types."""
+    if is_dataclass(value):
+        return to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

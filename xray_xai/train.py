@@ -1,0 +1,333 @@
+"""Train, calibrate and save the pneumonia classifier.
+
+    python -m xray_xai.train --data ../shared/data/chest_xray --out checkpoints/
+
+Every choice is made on a patient-level validation split of ``DATA/train``: the epoch (and
+whether the EMA or the raw weights are kept), the temperature, the operating points and the
+out-of-distribution threshold. Training state is saved after every epoch under ``--work`` and
+an interrupted run resumes from its last finished epoch when started again with the same
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from . import CLASSES
+from .calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
+from .data import Sample, list_samples, split_by_patient
+from .model import ModelCard, create_model, load_checkpoint, save_checkpoint
+from .ood import fit_feature_stats, mahalanobis, penultimate_features
+from .preprocess import normalize, read_dataset_image, to_model_size
+
+NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "resnet18"
+    input_size: int = 224
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.998
+    drop_rate: float = 0.2
+    val_fraction: float = 0.15
+    seed: int = 0
+    max_rotation_deg: float = 10.0
+    max_translation: float = 0.08
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.1
+    contrast: float = 0.2
+    horizontal_flip: bool = False
+
+
+def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
+    """Decode every image once into a ``(n, 1, size, size)`` float16 tensor of [0, 1] pixels."""
+    out = torch.empty((len(samples), 1, size, size), dtype=torch.float16)
+    for i, sample in enumerate(tqdm(samples, desc=desc, file=sys.stderr, leave=False)):
+        out[i, 0] = torch.from_numpy(to_model_size(read_dataset_image(sample.path), size))
+    return out
+
+
+def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Radiograph-safe augmentation of [0, 1] pixels, batched with one ``grid_sample``.
+
+    Small rotation, translation and scale (patient positioning varies), brightness and
+    contrast (exposure varies). No horizontal flip by default: chest anatomy is not
+    left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film
+    is not a realistic input, and the report names the patient's side from the map.
+    """
+    n = batch.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+    angle = torch.deg2rad(uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg))
+    scale = uniform(*cfg.scale_range)
+    shift = uniform(-cfg.max_translation, cfg.max_translation), uniform(-cfg.max_translation, cfg.max_translation)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
+    if cfg.horizontal_flip:
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        theta[:, :, 0] *= flip[:, None]
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
+    brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
+    return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def to_input(pixels: torch.Tensor) -> torch.Tensor:
+    mean, std = NORMALISATION
+    return normalize(pixels.float(), mean, std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 64, features: bool = False):
+    """Logits (and optionally penultimate features) of [0, 1] pixels, in batches."""
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(pixels), batch_size):
+        x = to_input(pixels[start : start + batch_size])
+        f = penultimate_features(model, x)
+        feats.append(f)
+        logits.append(model.get_classifier()(f).squeeze(1))
+    logit_array = torch.cat(logits).double().numpy()
+    return (logit_array, torch.cat(feats).double().numpy()) if features else logit_array
+
+
+def save_state(path: Path, model, ema, optimizer, meta: dict) -> None:
+    """Resumable training state as safetensors + JSON (nothing pickled)."""
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.module.state_dict().items()})
+    opt_state = optimizer.state_dict()
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"opt.{index}.{key}"] = torch.as_tensor(value).contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path.with_suffix(".safetensors"))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+
+
+def load_state(path: Path, model, ema, optimizer) -> dict:
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    opt_state = optimizer.state_dict()
+    opt_state["state"] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> float:
+    """Median single-image forward time in milliseconds."""
+    x = torch.zeros(1, 1, size, size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            start = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def train(args: argparse.Namespace) -> ModelCard:
+    cfg = TrainConfig(arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    torch.manual_seed(cfg.seed)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    samples = list_samples(Path(args.data) / "train")
+    if args.limit:
+        rng = np.random.default_rng(cfg.seed)
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.limit, len(samples)), replace=False))]
+    train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.seed)
+    y_train = np.array([s.label for s in train_set])
+    y_val = np.array([s.label for s in val_set])
+    print(f"train {len(train_set)} images ({y_train.sum()} pneumonia), val {len(val_set)} images ({y_val.sum()} pneumonia), "
+          f"{len({s.patient for s in val_set})} val patients", flush=True)
+    x_train = load_pixels(train_set, cfg.input_size, "decode train")
+    x_val = load_pixels(val_set, cfg.input_size, "decode val")
+
+    model = create_model(cfg.arch, drop_rate=cfg.drop_rate).to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Class imbalance: weigh positives so both classes carry equal total weight.
+    pos_weight = torch.tensor((len(y_train) - y_train.sum()) / max(1, y_train.sum()), dtype=torch.float32)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    state_path = work / "last"
+    meta = {"epoch": 0, "best_auroc": -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": asdict(cfg)}
+    if state_path.with_suffix(".json").is_file():
+        meta = load_state(state_path, model, ema, optimizer)
+        if meta["config"] != json.loads(json.dumps(asdict(cfg))):
+            raise SystemExit(f"{work} holds a run with another configuration; use another --work folder.")
+        print(f"resuming after epoch {meta['epoch']}", flush=True)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(meta["epoch"] + 1, cfg.epochs + 1):
+        generator.manual_seed(cfg.seed * 1000 + epoch)
+        started = time.time()
+        model.train()
+        order = torch.randperm(len(train_set), generator=generator)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", file=sys.stderr, leave=False)
+        for step_in_epoch in bar:
+            step = (epoch - 1) * steps_per_epoch + step_in_epoch
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
+            index = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
+            x = to_input(augment(x_train[index].float(), cfg, generator))
+            y = torch.from_numpy(y_train[index.numpy()]).float()
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y, pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema.update(model, step=step)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        auroc = {name: float(roc_auc_score(y_val, predict_logits(m, x_val))) for name, m in (("raw", model), ("ema", ema.module))}
+        meta["elapsed_s"] += time.time() - started
+        meta["epoch"] = epoch
+        meta["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auroc": auroc["raw"], "val_auroc_ema": auroc["ema"]})
+        print(f"epoch {epoch:2d}  train_loss {np.mean(losses):.4f}  val_auroc {auroc['raw']:.4f}  val_auroc_ema {auroc['ema']:.4f}  "
+              f"({time.time() - started:.0f}s)", flush=True)
+        for name, m in (("raw", model), ("ema", ema.module)):
+            if auroc[name] > meta["best_auroc"]:
+                meta["best_auroc"], meta["best"] = auroc[name], {"epoch": epoch, "weights": name}
+                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(work / "best.safetensors"))
+        save_state(state_path, model, ema, optimizer, meta)
+
+    best = create_model(cfg.arch, drop_rate=cfg.drop_rate)
+    best.load_state_dict(load_file(str(work / "best.safetensors")))
+    best.eval().to(memory_format=torch.channels_last)
+    card = finalize(best, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_set, out, args)
+    print(json.dumps({"validation": card.validation, "operating_points": card.operating_points}, indent=2), flush=True)
+    return card
+
+
+def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_set, out: Path, args) -> ModelCard:
+    """Calibrate on validation, fit the OOD statistics, measure latency and write the checkpoint."""
+    val_logits, val_feats = predict_logits(model, x_val, features=True)
+    _, train_feats = predict_logits(model, x_train, features=True)
+    temperature = fit_temperature(val_logits, y_val)
+    raw_p, cal_p = sigmoid(val_logits), sigmoid(val_logits / temperature)
+    feat_mean, feat_precision = fit_feature_stats(train_feats)
+    val_distance = mahalanobis(val_feats, feat_mean, feat_precision)
+    mean, std = NORMALISATION
+    card = ModelCard(
+        arch=cfg.arch,
+        input_size=cfg.input_size,
+        mean=mean,
+        std=std,
+        classes=CLASSES,
+        temperature=temperature,
+        operating_points=operating_points(cal_p, y_val),
+        validation={
+            "n": int(len(y_val)),
+            "auroc": float(roc_auc_score(y_val, cal_p)),
+            "nll_before": nll(raw_p, y_val),
+            "nll_after": nll(cal_p, y_val),
+            "ece_before": ece(raw_p, y_val),
+            "ece_after": ece(cal_p, y_val),
+            "brier_before": brier(raw_p, y_val),
+            "brier_after": brier(cal_p, y_val),
+            "selected": meta["best"],
+            "history": meta["history"],
+        },
+        training={
+            "command": " ".join(["python -m xray_xai.train"] + sys.argv[1:]),
+            "config": asdict(cfg),
+            "epochs_run": meta["epoch"],
+            "wall_time_s": round(meta["elapsed_s"], 1),
+            "torch_threads": torch.get_num_threads(),
+            "optimizer": "AdamW, linear warm-up then cosine decay, EMA of weights",
+            "class_balance": "BCE with pos_weight = n_normal / n_pneumonia",
+        },
+        data={
+            "train_images": int(len(y_train)),
+            "train_pneumonia": int(y_train.sum()),
+            "val_images": int(len(y_val)),
+            "val_pneumonia": int(y_val.sum()),
+            "val_patients": int(len({s.patient for s in val_set})),
+            "split": f"patient-level, class-stratified, val_fraction={cfg.val_fraction}, seed={cfg.seed}",
+        },
+        ood={
+            "feature": "penultimate layer (global average pool)",
+            "distance": "Mahalanobis, Ledoit-Wolf shrinkage, fitted on training features",
+            "threshold": float(np.percentile(val_distance, 99)),
+            "threshold_rule": "99th percentile of validation distances",
+        },
+        latency={"single_image_ms": measure_latency(model, cfg.input_size), "threads": torch.get_num_threads()},
+    )
+    card_path = out / "classifier.json"
+    extras = {"ood_mean": torch.from_numpy(feat_mean), "ood_precision": torch.from_numpy(feat_precision)}
+    save_checkpoint(model, card, card_path, extras)
+    # The stored weights are float16: check that probabilities still match float32.
+    reloaded, card, _ = load_checkpoint(card_path)
+    fp16_p = sigmoid(predict_logits(reloaded, x_val) / temperature)
+    card.validation["fp16_max_abs_prob_diff"] = float(np.max(np.abs(fp16_p - cal_p)))
+    save_checkpoint(reloaded, card, card_path, extras)
+    (out / "classifier_val_patients.json").write_text(
+        json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
+    )
+    return card
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
+    parser.add_argument("--out", default="checkpoints/", help="where classifier.json and its weights are written")
+    parser.add_argument("--work", default="runs/classifier", help="resumable training state")
+    parser.add_argument("--arch", default=defaults.arch)
+    parser.add_argument("--input-size", type=int, default=defaults.input_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--limit", type=int, default=0, help="use only this many images (smoke tests)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
