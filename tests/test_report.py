@@ -1,0 +1,301 @@
+"""The report: exact text for fixed analyses, band boundaries, the patient-side convention, hedging."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xray_xai import DISCLAIMER
+from xray_xai.classifier import Classifier
+from xray_xai.model import ModelCard
+from xray_xai.report import build_report, named_zones, percent
+from xray_xai.results import (
+    BAND_EXPLANATION,
+    Agreement,
+    Analysis,
+    Anatomy,
+    OODResult,
+    OperatingPoint,
+    Prediction,
+    confidence_band,
+)
+
+ZONES = ("right upper", "right middle", "right lower", "left upper", "left middle", "left lower")
+SECTIONS = ("QUICK SUMMARY", "FINDINGS", "LOCATIONS", "IMPRESSION", "EXPLANATION RELIABILITY", "DISCLAIMER")
+FORBIDDEN = ("has pneumonia", "diagnosed with", "confirms", "confirmed", "definitely", "patient has")
+
+BALANCED = OperatingPoint("balanced", 0.4821, 0.9412, 0.8876)
+
+HIGH_PNEUMONIA = Analysis(
+    prediction=Prediction("PNEUMONIA", 0.9734, 0.9734, "High", BALANCED),
+    anatomy=Anatomy(
+        segmentation_ok=True,
+        lung_area_fraction=0.3125,
+        outside_lung_share={"gradcam": 0.081, "occlusion": 0.152},
+        zones={
+            "gradcam": {
+                "right upper": 0.05, "right middle": 0.18, "right lower": 0.42, "left upper": 0.04,
+                "left middle": 0.09, "left lower": 0.139, "outside lungs": 0.081,
+            },
+            "occlusion": {
+                "right upper": 0.03, "right middle": 0.11, "right lower": 0.47, "left upper": 0.02,
+                "left middle": 0.078, "left lower": 0.14, "outside lungs": 0.152,
+            },
+        },
+    ),
+    agreement=Agreement(spearman=0.71, top20_iou=0.52, verdict="agree", grid=(7, 7)),
+)
+
+HIGH_PNEUMONIA_TEXT = """\
+QUICK SUMMARY
+The model's output suggests features that the model associates with pneumonia (probability of pneumonia 97.3%, High confidence); this is not a diagnosis.
+
+FINDINGS
+- Calibrated probability of pneumonia: 97.3%.
+- Reported label: PNEUMONIA, with 97.3% calibrated probability (confidence band: High).
+- Operating point: balanced (balances sensitivity and specificity); PNEUMONIA is reported when the probability is at least 48.2%. On validation images it had sensitivity 94.1% and specificity 88.7%.
+- Confidence band = calibrated probability of the reported label: High >= 90%, Moderate 60-90%, Low < 60%.
+
+LOCATIONS
+Heatmaps show where the model found evidence for PNEUMONIA.
+Sides are the patient's: radiographs are displayed with the patient's right on the image's left.
+- Both maps concentrate in the patient's right lower zone, patient's right middle zone and patient's left lower zone.
+- Grad-CAM: patient's right lower zone 42.0%, patient's right middle zone 18.0%, patient's left lower zone 13.9%, other zones 18.0%; outside both lungs 8.1%.
+- Occlusion: patient's right lower zone 47.0%, patient's left lower zone 14.0%, patient's right middle zone 11.0%, other zones 12.8%; outside both lungs 15.2%.
+- The lungs cover 31.2% of the image, so an evenly spread map would put 68.7% of its mass outside them.
+
+IMPRESSION
+At the balanced operating point, the model's output suggests features that the model associates with pneumonia.
+The model's confidence band is High; this describes the model's output, not the patient.
+The model was trained only on pediatric (1-5 years) anterior-posterior (AP) chest radiographs; other patients or views are outside its scope.
+This output does not establish a diagnosis; it may support, never replace, a qualified clinician's reading of the full study.
+
+EXPLANATION RELIABILITY
+- Agreement between Grad-CAM and Occlusion: agree (Spearman rank correlation 0.71, top-20% region IoU 0.52, compared on a 7x7 grid).
+- Shortcut check: no warning (the heatmap mass outside the lungs is within the range seen on validation images).
+- Out-of-distribution check: no warning.
+- Input quality: no warnings.
+
+DISCLAIMER
+Research and education only. This tool is not a medical device and does not give a diagnosis. Its output can be wrong. Any decision about a patient must be made by a qualified clinician who has examined the patient and the full imaging study.
+For any concern about a patient's health, consult a qualified clinician.
+"""
+
+LOW_NORMAL_OOD = Analysis(
+    prediction=Prediction("NORMAL", 0.4512, 0.5488, "Low", OperatingPoint("rule_in", 0.7, 0.81, 0.9)),
+    ood=OODResult(
+        flagged=True,
+        reasons=("Image looks like a lateral view", "Feature distance above the 99th percentile of training images"),
+        distance=41.23,
+        threshold=30.5,
+    ),
+    input_warnings=("Image is very dark",),
+    anatomy=Anatomy(
+        segmentation_ok=False,
+        segmentation_note="only one lung region found.",
+        zones={
+            "gradcam": {
+                "right upper": 0.4, "right middle": 0.05, "right lower": 0.05,
+                "left upper": 0.3, "left middle": 0.1, "left lower": 0.1,
+            }
+        },
+    ),
+)
+
+LOW_NORMAL_OOD_TEXT = """\
+QUICK SUMMARY
+The model's output does not reach its threshold for features it associates with pneumonia (probability of pneumonia 45.1%, Low confidence); the input looks unlike the training images, so this result should not be relied on; this is not a diagnosis.
+
+FINDINGS
+- Calibrated probability of pneumonia: 45.1%.
+- Reported label: NORMAL, with 54.8% calibrated probability (confidence band: Low).
+- Operating point: rule-in (favours specificity: fewer false alarms, more missed cases); PNEUMONIA is reported when the probability is at least 70.0%. On validation images it had sensitivity 81.0% and specificity 90.0%.
+- Confidence band = calibrated probability of the reported label: High >= 90%, Moderate 60-90%, Low < 60%.
+
+LOCATIONS
+Heatmaps show where the model found evidence for PNEUMONIA.
+The lung outline could not be found reliably. Only one lung region found. The zones below are image regions (halves and thirds of the image), not lungs; patient's right = image left.
+- Grad-CAM concentrates in the patient's right upper image region, patient's left upper image region, patient's left middle image region and patient's left lower image region.
+- Grad-CAM: patient's right upper image region 40.0%, patient's left upper image region 30.0%, patient's left middle image region 10.0%, patient's left lower image region 10.0%, other zones 10.0%.
+- Occlusion has not run yet (or was switched off), so locations come from Grad-CAM alone.
+
+IMPRESSION
+At the rule-in operating point, the model's output does not reach its threshold for features it associates with pneumonia.
+The model is uncertain about this image (Low confidence band); treat its output as inconclusive.
+The model was trained only on pediatric (1-5 years) anterior-posterior (AP) chest radiographs, and this input looks unlike them: the result should not be relied on.
+This output does not establish a diagnosis; it may support, never replace, a qualified clinician's reading of the full study.
+
+EXPLANATION RELIABILITY
+- Agreement between Grad-CAM and Occlusion: not available (occlusion has not run yet or was switched off).
+- Shortcut check: not possible, because the lung outline could not be found reliably.
+- Out-of-distribution warning: the input looks unlike the training images (feature distance 41.2, threshold 30.5).
+  - Image looks like a lateral view
+  - Feature distance above the 99th percentile of training images
+- Input warning: Image is very dark
+
+DISCLAIMER
+Research and education only. This tool is not a medical device and does not give a diagnosis. Its output can be wrong. Any decision about a patient must be made by a qualified clinician who has examined the patient and the full imaging study.
+For any concern about a patient's health, consult a qualified clinician.
+"""
+
+
+def section(report: str, title: str) -> str:
+    """The body of one section of a report."""
+    body = report.split(f"{title}\n", 1)[1]
+    return body.split("\n\n", 1)[0]
+
+
+def one_hot_anatomy(zone: str, segmentation_ok: bool = True) -> Anatomy:
+    """Both maps with almost all their mass in one zone."""
+    shares = {key: (0.85 if key == zone else 0.02) for key in ZONES}
+    return Anatomy(segmentation_ok=segmentation_ok, zones={"gradcam": shares, "occlusion": dict(shares)})
+
+
+def classifier_decision(probability: float) -> Prediction:
+    """A Prediction made by the real Classifier.decide at a 0.5 balanced threshold."""
+    card = ModelCard(
+        arch="none", input_size=32, mean=0.5, std=0.25,
+        operating_points={"balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.8}},
+    )
+    return Classifier(torch.nn.Identity(), card).decide(probability, "balanced")
+
+
+@pytest.mark.parametrize(("analysis", "expected"), [(HIGH_PNEUMONIA, HIGH_PNEUMONIA_TEXT), (LOW_NORMAL_OOD, LOW_NORMAL_OOD_TEXT)])
+def test_exact_text_for_fixed_analyses(analysis: Analysis, expected: str) -> None:
+    assert build_report(analysis) == expected
+
+
+@pytest.mark.parametrize(
+    ("probability", "label", "shown", "band"),
+    [
+        (0.5999, "PNEUMONIA", "59.9%", "Low"),
+        (0.6, "PNEUMONIA", "60.0%", "Moderate"),
+        (0.8999, "PNEUMONIA", "89.9%", "Moderate"),
+        (0.9, "PNEUMONIA", "90.0%", "High"),
+        # NORMAL: the band follows the probability of the reported label, 1 - P(pneumonia).
+        (0.4001, "NORMAL", "59.9%", "Low"),
+        (0.4, "NORMAL", "60.0%", "Moderate"),
+        (0.1001, "NORMAL", "89.9%", "Moderate"),
+        (0.1, "NORMAL", "90.0%", "High"),
+    ],
+)
+def test_band_boundaries(probability: float, label: str, shown: str, band: str) -> None:
+    prediction = classifier_decision(probability)
+    assert prediction.label == label
+    findings = section(build_report(Analysis(prediction)), "FINDINGS")
+    assert f"Reported label: {label}, with {shown} calibrated probability (confidence band: {band})." in findings
+    summary = section(build_report(Analysis(prediction)), "QUICK SUMMARY")
+    assert f"{band} confidence" in summary
+    assert ("the model is uncertain" in summary) == (band == "Low")
+
+
+def test_band_comes_from_the_confidence_not_the_stored_band() -> None:
+    report = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "Low", BALANCED)))
+    assert "(confidence band: High)" in report and "High confidence)" in report and "Low confidence" not in report
+
+
+@pytest.mark.parametrize(("zone", "side", "other"), [("right lower", "right", "left"), ("left upper", "left", "right")])
+def test_patient_sides(zone: str, side: str, other: str) -> None:
+    lines = section(build_report(Analysis(HIGH_PNEUMONIA.prediction, anatomy=one_hot_anatomy(zone))), "LOCATIONS")
+    concentration = next(line for line in lines.splitlines() if line.startswith("- Both maps"))
+    assert concentration == f"- Both maps concentrate in the patient's {zone} zone."
+    assert f"patient's {side} " in concentration and f"patient's {other} " not in concentration
+    assert f"- Grad-CAM: patient's {zone} zone 85.0%, other zones 10.0%." in lines
+    assert f"- Occlusion: patient's {zone} zone 85.0%" in lines
+
+
+@pytest.mark.parametrize("zone", ["right lower", "left upper"])
+def test_fallback_names_image_regions_with_patient_right_on_image_left(zone: str) -> None:
+    anatomy = one_hot_anatomy(zone, segmentation_ok=False)
+    locations = section(build_report(Analysis(HIGH_PNEUMONIA.prediction, anatomy=anatomy)), "LOCATIONS")
+    assert "The lung outline could not be found reliably." in locations
+    assert "patient's right = image left" in locations
+    assert f"- Both maps concentrate in the patient's {zone} image region." in locations
+    assert "zone 85.0%" not in locations and "outside both lungs" not in locations
+
+
+def test_occlusion_not_run_yet_only_when_missing() -> None:
+    only_cam = Anatomy(True, zones={"gradcam": HIGH_PNEUMONIA.anatomy.zones["gradcam"]})
+    missing = build_report(Analysis(HIGH_PNEUMONIA.prediction, anatomy=only_cam))
+    assert "Occlusion has not run yet (or was switched off), so locations come from Grad-CAM alone." in missing
+    assert "- Grad-CAM concentrates in the patient's right lower zone" in missing
+    assert "Occlusion has not run yet" not in build_report(HIGH_PNEUMONIA)
+
+
+def test_cam_map_is_named_after_the_cam_method_that_ran() -> None:
+    report = build_report(replace(HIGH_PNEUMONIA, cam_method="hirescam"))
+    assert "- HiResCAM: patient's right lower zone 42.0%" in report
+    assert "Agreement between HiResCAM and Occlusion: agree" in report
+    assert "Grad-CAM" not in report
+
+
+def test_shortcut_warning_names_methods() -> None:
+    anatomy = Anatomy(True, zones=HIGH_PNEUMONIA.anatomy.zones, shortcut_warning=True, shortcut_methods=("gradcam", "occlusion"))
+    reliability = section(build_report(Analysis(HIGH_PNEUMONIA.prediction, anatomy=anatomy)), "EXPLANATION RELIABILITY")
+    assert "the Grad-CAM and Occlusion mass lies outside the lungs" in reliability
+    assert "may rest on something other than the lungs (markers, borders, devices, text)" in reliability
+
+
+def test_percent_truncates_and_zone_ties_are_canonical() -> None:
+    assert [percent(x) for x in (0.29, 0.8999, 0.99999, 1.0, 0.0)] == ["29.0%", "89.9%", "99.9%", "100.0%", "0.0%"]
+    tied = {"left lower": 0.3, "right upper": 0.3, "left upper": 0.3, "right lower": 0.1}
+    assert [key for key, _ in named_zones(tied)] == ["right upper", "left upper", "left lower", "right lower"]
+    spread = {key: 0.05 for key in ZONES} | {"left middle": 0.06}
+    assert named_zones(spread) == [("left middle", 0.06)]
+
+
+shares = st.floats(0.0, 1.0, allow_nan=False)
+zone_maps = st.fixed_dictionaries({key: shares for key in ZONES}, optional={"outside lungs": shares})
+analyses = st.builds(
+    Analysis,
+    prediction=st.builds(
+        lambda p, t, sens, spec, name: Prediction(
+            "PNEUMONIA" if p >= t else "NORMAL", p, p if p >= t else 1 - p, "", OperatingPoint(name, t, sens, spec)
+        ),
+        shares, shares, shares, shares, st.sampled_from(["balanced", "screening", "rule_in"]),
+    ),
+    ood=st.builds(OODResult, st.booleans(), st.lists(st.sampled_from(["Lateral view", "Unusual contrast"]), max_size=2).map(tuple)),
+    input_warnings=st.lists(st.sampled_from(["Image is very dark", "Image is small"]), max_size=2).map(tuple),
+    cam_method=st.sampled_from(["gradcam", "gradcam++"]),
+    explained_class=st.sampled_from(["PNEUMONIA", "NORMAL"]),
+    anatomy=st.none() | st.builds(
+        Anatomy,
+        segmentation_ok=st.booleans(),
+        segmentation_note=st.none() | st.just("no plausible lungs"),
+        lung_area_fraction=st.none() | shares,
+        zones=st.dictionaries(st.sampled_from(["gradcam", "occlusion"]), zone_maps, max_size=2),
+        shortcut_warning=st.booleans(),
+        shortcut_methods=st.lists(st.sampled_from(["gradcam", "occlusion"]), max_size=2, unique=True).map(tuple),
+    ),
+    agreement=st.none() | st.builds(
+        Agreement, st.floats(-1, 1), shares, st.sampled_from(["agree", "partly agree", "disagree"]), st.just((7, 7))
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(analyses)
+def test_any_report_is_hedged_complete_and_deterministic(analysis: Analysis) -> None:
+    report = build_report(analysis)
+    assert report == build_report(analysis)
+    assert [line for line in report.splitlines() if line in SECTIONS] == list(SECTIONS)
+    assert report.rstrip().split("DISCLAIMER\n", 1)[1].startswith(DISCLAIMER)
+    assert "not a medical device" in report and "consult a qualified clinician" in report
+    assert "does not establish a diagnosis" in report
+    assert "pediatric (1-5 years)" in report
+    lowered = report.lower()
+    assert not [phrase for phrase in FORBIDDEN if phrase in lowered]
+    summary = section(report, "QUICK SUMMARY")
+    assert "\n" not in summary and summary.count(". ") == 0
+    band = confidence_band(analysis.prediction.confidence)
+    assert f"(confidence band: {band})" in report and f"{band} confidence)" in summary
+    assert ("should not be relied on" in report) == analysis.ood.flagged
+    assert ("The model is uncertain" in report) == (band == "Low")
+    # Every percentage the report computes has one decimal ("top-20%" is a name, the band legend is fixed).
+    computed = re.findall(r"(?<![-\w.])[\d.]+%", report.replace(BAND_EXPLANATION, ""))
+    assert computed and all(re.fullmatch(r"\d{1,3}\.\d%", value) for value in computed)

@@ -1,0 +1,253 @@
+"""The plain-text report: a deterministic, hedged reading of one :class:`~xray_xai.results.Analysis`.
+
+Pure functions from the result schema to text; no styling (that is the app's job). The
+wording is deliberately hedged: the report describes what the *model* output, never states
+a diagnosis, and always ends with the disclaimer.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import DISCLAIMER
+from .results import BAND_EXPLANATION, Agreement, Analysis, Anatomy, confidence_band
+
+TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
+
+OPERATING_POINT_NAMES = {
+    "balanced": ("balanced", "balances sensitivity and specificity"),
+    "screening": ("screening", "favours sensitivity: fewer missed cases, more false alarms"),
+    "rule_in": ("rule-in", "favours specificity: fewer false alarms, more missed cases"),
+}
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM",
+    "occlusion": "Occlusion",
+}
+
+# Canonical zone order (patient's sides); also breaks ties between equal shares.
+ZONE_KEYS = ("right upper", "right middle", "right lower", "left upper", "left middle", "left lower")
+OUTSIDE_KEY = "outside lungs"
+MIN_NAMED_SHARE = 0.10  # zones holding at least this share of a map are named
+
+
+def percent(value: float) -> str:
+    """``0.8734 -> "87.3%"``, truncated rather than rounded.
+
+    Truncation keeps a displayed value from crossing a boundary the value has not reached
+    (0.8999 shows as 89.9%, not as a "Moderate" 90.0%), and never shows 100.0% for p < 1.
+    """
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{math.floor(round(value * 1000, 6)) / 10:.1f}%"
+
+
+def operating_point_name(name: str) -> str:
+    """Human name of an operating point: ``"rule_in" -> "rule-in"``."""
+    return OPERATING_POINT_NAMES.get(name, (name.replace("_", "-"), ""))[0]
+
+
+def method_name(key: str, cam_method: str = "gradcam") -> str:
+    """Display name of a map; the "gradcam" key holds whichever CAM method ran (``cam_method``)."""
+    name = cam_method if key == "gradcam" else key
+    return METHOD_NAMES.get(name, name)
+
+
+def zone_label(key: str, segmentation_ok: bool) -> str:
+    """``"right lower" -> "patient's right lower zone"`` (or "... image region" without lungs)."""
+    return f"patient's {key} {'zone' if segmentation_ok else 'image region'}"
+
+
+def ranked_zones(shares: dict[str, float]) -> list[tuple[str, float]]:
+    """Lung zones by decreasing share, ties in canonical order; "outside lungs" excluded."""
+    present = [(key, shares[key]) for key in ZONE_KEYS if key in shares]
+    return sorted(present, key=lambda item: (-item[1], ZONE_KEYS.index(item[0])))
+
+
+def named_zones(shares: dict[str, float]) -> list[tuple[str, float]]:
+    """The zones where a map concentrates: every zone >= MIN_NAMED_SHARE, at least the top one."""
+    ranked = ranked_zones(shares)
+    return [item for item in ranked if item[1] >= MIN_NAMED_SHARE] or ranked[:1]
+
+
+def _methods(anatomy: Anatomy) -> list[str]:
+    """Methods with zone shares, the CAM method(s) first and occlusion last."""
+    return sorted(anatomy.zones, key=lambda m: (m == "occlusion", m))
+
+
+def _join(labels: list[str]) -> str:
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _method_line(method: str, anatomy: Anatomy, cam_method: str) -> str:
+    shares = anatomy.zones[method]
+    named, ranked = named_zones(shares), ranked_zones(shares)
+    parts = [f"{zone_label(key, anatomy.segmentation_ok)} {percent(share)}" for key, share in named]
+    if len(named) < len(ranked):
+        parts.append(f"other zones {percent(sum(share for _, share in ranked[len(named):]))}")
+    line = f"- {method_name(method, cam_method)}: " + ", ".join(parts)
+    outside = shares.get(OUTSIDE_KEY, anatomy.outside_lung_share.get(method))
+    if anatomy.segmentation_ok and outside is not None:
+        line += f"; outside both lungs {percent(outside)}"
+    return line + "."
+
+
+def _concentration_line(methods: list[str], anatomy: Anatomy, cam_method: str) -> str:
+    """Zones named by every method, ordered by their mean share across methods."""
+    common = set.intersection(*(set(key for key, _ in named_zones(anatomy.zones[m])) for m in methods))
+    if not common:
+        return "- The maps concentrate in different zones (see each map below)."
+    mean = {key: sum(anatomy.zones[m][key] for m in methods) / len(methods) for key in common}
+    keys = [key for key, _ in ranked_zones(mean)]
+    subject = "Both maps concentrate" if len(methods) > 1 else f"{method_name(methods[0], cam_method)} concentrates"
+    return f"- {subject} in the " + _join([zone_label(k, anatomy.segmentation_ok) for k in keys]) + "."
+
+
+def format_locations(analysis: Analysis) -> list[str]:
+    """Lines of the LOCATIONS section: where the heatmaps concentrate, by the patient's side and zone."""
+    anatomy = analysis.anatomy
+    lines = [f"Heatmaps show where the model found evidence for {analysis.explained_class}."]
+    if anatomy is None or not anatomy.zones:
+        return lines + ["Locations are not available: the lung analysis did not run for this image."]
+    if anatomy.segmentation_ok:
+        lines.append("Sides are the patient's: radiographs are displayed with the patient's right on the image's left.")
+    else:
+        note = (anatomy.segmentation_note or "").strip()
+        note = f" {note[:1].upper()}{note[1:].rstrip('.')}." if note else ""
+        lines.append(
+            f"The lung outline could not be found reliably.{note} The zones below are image regions "
+            "(halves and thirds of the image), not lungs; patient's right = image left."
+        )
+    methods = _methods(anatomy)
+    lines.append(_concentration_line(methods, anatomy, analysis.cam_method))
+    lines += [_method_line(m, anatomy, analysis.cam_method) for m in methods]
+    if analysis.agreement is None and "occlusion" not in anatomy.zones:
+        lines.append(f"- Occlusion has not run yet (or was switched off), so locations come from {method_name(methods[0], analysis.cam_method)} alone.")
+    if anatomy.segmentation_ok and anatomy.lung_area_fraction is not None:
+        lines.append(
+            f"- The lungs cover {percent(anatomy.lung_area_fraction)} of the image, so an evenly spread map "
+            f"would put {percent(1 - anatomy.lung_area_fraction)} of its mass outside them."
+        )
+    return lines
+
+
+def _finding(analysis: Analysis) -> str:
+    if analysis.prediction.label == "PNEUMONIA":
+        return "the model's output suggests features that the model associates with pneumonia"
+    return "the model's output does not reach its threshold for features it associates with pneumonia"
+
+
+def summary_sentence(analysis: Analysis) -> str:
+    """The one-sentence quick summary."""
+    prediction = analysis.prediction
+    band = confidence_band(prediction.confidence)
+    finding = _finding(analysis)
+    clauses = [
+        f"{finding[0].upper()}{finding[1:]} "
+        f"(probability of pneumonia {percent(prediction.probability)}, {band} confidence)"
+    ]
+    if analysis.ood.flagged:
+        clauses.append("the input looks unlike the training images, so this result should not be relied on")
+    elif band == "Low":
+        clauses.append("the model is uncertain")
+    clauses.append("this is not a diagnosis")
+    return "; ".join(clauses) + "."
+
+
+def format_findings(analysis: Analysis) -> list[str]:
+    prediction = analysis.prediction
+    point = prediction.operating_point
+    description = OPERATING_POINT_NAMES.get(point.name, ("", ""))[1]
+    return [
+        f"- Calibrated probability of pneumonia: {percent(prediction.probability)}.",
+        f"- Reported label: {prediction.label}, with {percent(prediction.confidence)} calibrated probability "
+        f"(confidence band: {confidence_band(prediction.confidence)}).",
+        f"- Operating point: {operating_point_name(point.name)}" + (f" ({description})" if description else "")
+        + f"; PNEUMONIA is reported when the probability is at least {percent(point.threshold)}. "
+        f"On validation images it had sensitivity {percent(point.sensitivity)} "
+        f"and specificity {percent(point.specificity)}.",
+        f"- {BAND_EXPLANATION}",
+    ]
+
+
+def format_impression(analysis: Analysis) -> list[str]:
+    prediction = analysis.prediction
+    band = confidence_band(prediction.confidence)
+    lines = [
+        f"At the {operating_point_name(prediction.operating_point.name)} operating point, "
+        f"{_finding(analysis)}."
+    ]
+    if band == "Low":
+        lines.append("The model is uncertain about this image (Low confidence band); treat its output as inconclusive.")
+    else:
+        lines.append(f"The model's confidence band is {band}; this describes the model's output, not the patient.")
+    if analysis.ood.flagged:
+        lines.append(
+            f"The model was trained only on {TRAINING_DATA}, and this input looks unlike them: "
+            "the result should not be relied on."
+        )
+    else:
+        lines.append(f"The model was trained only on {TRAINING_DATA}; other patients or views are outside its scope.")
+    lines.append(
+        "This output does not establish a diagnosis; it may support, never replace, "
+        "a qualified clinician's reading of the full study."
+    )
+    return lines
+
+
+def _agreement_line(agreement: Agreement | None, cam_method: str) -> str:
+    pair = f"{method_name('gradcam', cam_method)} and {method_name('occlusion')}"
+    if agreement is None:
+        return f"- Agreement between {pair}: not available (occlusion has not run yet or was switched off)."
+    rows, cols = agreement.grid
+    line = (
+        f"- Agreement between {pair}: {agreement.verdict} (Spearman rank correlation "
+        f"{agreement.spearman:.2f}, top-20% region IoU {agreement.top20_iou:.2f}, compared on a {rows}x{cols} grid)."
+    )
+    if agreement.verdict != "agree":
+        line += " Where the methods differ, read both heatmaps with caution."
+    return line
+
+
+def _shortcut_line(anatomy: Anatomy | None, cam_method: str) -> str:
+    if anatomy is None:
+        return "- Shortcut check: not available (the lung analysis did not run)."
+    if anatomy.shortcut_warning:
+        methods = _join([method_name(m, cam_method) for m in anatomy.shortcut_methods]) if anatomy.shortcut_methods else "heatmap"
+        return (
+            f"- Warning: an unusually large share of the {methods} mass lies outside the lungs, so the explanation "
+            "may rest on something other than the lungs (markers, borders, devices, text)."
+        )
+    if not anatomy.segmentation_ok:
+        return "- Shortcut check: not possible, because the lung outline could not be found reliably."
+    return "- Shortcut check: no warning (the heatmap mass outside the lungs is within the range seen on validation images)."
+
+
+def format_reliability(analysis: Analysis) -> list[str]:
+    lines = [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
+    ood = analysis.ood
+    if ood.flagged:
+        measured = ""
+        if ood.distance is not None and ood.threshold is not None:
+            measured = f" (feature distance {ood.distance:.1f}, threshold {ood.threshold:.1f})"
+        lines.append(f"- Out-of-distribution warning: the input looks unlike the training images{measured}.")
+        lines += [f"  - {reason}" for reason in ood.reasons]
+    else:
+        lines.append("- Out-of-distribution check: no warning.")
+    if analysis.input_warnings:
+        lines += [f"- Input warning: {warning}" for warning in analysis.input_warnings]
+    else:
+        lines.append("- Input quality: no warnings.")
+    return lines
+
+
+def build_report(analysis: Analysis) -> str:
+    """The full plain-text report for one analysis (deterministic: same input, same text)."""
+    sections = [
+        ("QUICK SUMMARY", [summary_sentence(analysis)]),
+        ("FINDINGS", format_findings(analysis)),
+        ("LOCATIONS", format_locations(analysis)),
+        ("IMPRESSION", format_impression(analysis)),
+        ("EXPLANATION RELIABILITY", format_reliability(analysis)),
+        ("DISCLAIMER", [DISCLAIMER, "For any concern about a patient's health, consult a qualified clinician."]),
+    ]
+    return "\n\n".join(f"{title}\n" + "\n".join(lines) for title, lines in sections) + "\n"
