@@ -29,7 +29,8 @@ from xray_xai.classifier import Classifier
 from xray_xai.model import DEFAULT_CHECKPOINT, create_model
 from xray_xai.occlusion import make_baseline, occlusion_map, occlusion_map_naive
 from xray_xai.pipeline import OCCLUSION_PRESETS
-from xray_xai.preprocess import normalize, read_dataset_image, to_model_size
+from xray_xai.imaging import load_image
+from xray_xai.preprocess import preprocess
 
 CONFIGS = ((32, 16), (16, 8))
 BATCH = 32
@@ -39,7 +40,7 @@ LUNG_BOX = (
     15,
     210,
 )  # rows 20-200, cols 15-210 of a 224-px input: a typical lung box
-VAL_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chest_xray" / "val" / "PNEUMONIA"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "PNEUMONIA"  # full-resolution val images
 
 
 def load(checkpoint: Path):
@@ -59,15 +60,9 @@ def load(checkpoint: Path):
         model = create_model("resnet18").eval().to(memory_format=torch.channels_last)
         temperature, size, mean, std = 1.0, 224, 0.5, 0.25
         described = f"NO CHECKPOINT at {checkpoint}: random resnet18 at 224 px"
-    images = sorted(VAL_IMAGES.glob("*.jpeg")) if VAL_IMAGES.is_dir() else []
-    if images:
-        pixels = read_dataset_image(images[0])
-        described += f", image {images[0].name}"
-    else:
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        pixels = 0.7 - 0.4 * sum(np.exp(-(((xx - c) / 0.14) ** 2 + ((yy - 0.5) / 0.3) ** 2)) for c in (0.3, 0.7))
-        described += ", synthetic image"
-    x = torch.from_numpy(normalize(to_model_size(pixels, size), mean, std))[None, None]
+    image = sorted(EXAMPLES.glob("*.jpeg"))[0]
+    described += f", image {image.name}"
+    x = torch.from_numpy(preprocess(load_image(image).pixels, size, mean, std))[None, None]
     return model, temperature, x, described
 
 

@@ -41,7 +41,7 @@ NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
 class TrainConfig:
     arch: str = "resnet18"
     input_size: int = 224
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -236,6 +236,12 @@ def train(args: argparse.Namespace) -> ModelCard:
     best = create_model(cfg.arch, drop_rate=cfg.drop_rate)
     best.load_state_dict(load_file(str(work / "best.safetensors")))
     best.eval().to(memory_format=torch.channels_last)
+    # Prior correction: the class-balanced loss trains logits that are log(pos_weight) off the
+    # true log-odds; fold the exact offset into the classifier bias before temperature scaling.
+    prior_correction = -math.log(float(pos_weight))
+    with torch.no_grad():
+        best.get_classifier().bias += prior_correction
+    meta["prior_correction"] = prior_correction
     card = finalize(best, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_set, out, args)
     print(json.dumps({"validation": card.validation, "operating_points": card.operating_points}, indent=2), flush=True)
     return card
@@ -278,6 +284,8 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
             "torch_threads": torch.get_num_threads(),
             "optimizer": "AdamW, linear warm-up then cosine decay, EMA of weights",
             "class_balance": "BCE with pos_weight = n_normal / n_pneumonia",
+            "prior_correction": meta["prior_correction"],
+            "prior_correction_rule": "-log(pos_weight) added to the classifier bias after training",
         },
         data={
             "train_images": int(len(y_train)),
