@@ -1,0 +1,55 @@
+"""Launch the app in a subprocess on loopback for the benchmarks, and read its memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(timeout_s: float = 120.0):
+    """Yield ``(url, process)`` of ``python app.py`` on a free loopback port; stop it afterwards."""
+    port = free_port()
+    env = {**os.environ, "CPU_CORES": os.environ.get("CPU_CORES", "2"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout_s
+    try:
+        while True:
+            try:
+                Client(url, verbose=False)
+                break
+            except Exception:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the app did not start")
+                time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,0 +1,126 @@
+"""The analysis pipeline in-process, and the ``analyze`` CLI, on a small random-weight model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny import synthetic_radiograph
+from xray_xai import DISCLAIMER
+from xray_xai.__main__ import main as cli_main
+from xray_xai.classifier import Classifier
+from xray_xai.imaging import InputError
+from xray_xai.model import ModelCard, create_model, save_checkpoint
+from xray_xai.pipeline import Options, Pipeline
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(
+        arch="resnet18",
+        input_size=SIZE,
+        mean=0.5,
+        std=0.25,
+        temperature=2.0,
+        operating_points={
+            "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
+            "screening": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0},
+            "rule_in": {"threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0},
+        },
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "classifier.json"
+    save_checkpoint(create_model("resnet18").eval(), card, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(checkpoint) -> Pipeline:
+    return Pipeline(Classifier.load(checkpoint))
+
+
+@pytest.fixture()
+def radiograph(tmp_path) -> Path:
+    path = tmp_path / "chest.png"
+    Image.fromarray(synthetic_radiograph(np.random.default_rng(0), 240, 300, 1)).save(path)
+    return path
+
+
+def test_full_analysis(pipeline, radiograph):
+    calls = []
+    result = pipeline.analyze(radiograph, Options(occlusion="fast"), progress=lambda done, total: calls.append((done, total)))
+    analysis = result.analysis
+    assert set(result.maps) == {"gradcam", "occlusion"}
+    for heat in result.maps.values():
+        assert heat.shape == (SIZE, SIZE) and heat.min() >= 0 and heat.max() <= 1
+    assert analysis.agreement is not None
+    assert analysis.anatomy is not None and set(analysis.anatomy.zones) == {"gradcam", "occlusion"}
+    assert DISCLAIMER in analysis.report
+    assert calls and calls[-1][0] == calls[-1][1]
+    overlays = result.overlays(opacity=0.5)
+    assert overlays["gradcam"].shape == (240, 300, 3) and overlays["gradcam"].dtype == np.uint8
+    assert json.loads(json.dumps(result.to_json()))["prediction"]["label"] == analysis.prediction.label
+
+
+def test_first_pass_has_no_occlusion_yet(pipeline, radiograph):
+    first = pipeline.first_pass(radiograph, Options())
+    assert set(first.maps) == {"gradcam"}
+    assert first.analysis.agreement is None
+    assert DISCLAIMER in first.analysis.report
+
+
+def test_operating_points_change_only_the_decision(pipeline, radiograph):
+    screening = pipeline.first_pass(radiograph, Options(operating_point="screening", occlusion="off")).analysis.prediction
+    rule_in = pipeline.first_pass(radiograph, Options(operating_point="rule_in", occlusion="off")).analysis.prediction
+    assert screening.probability == pytest.approx(rule_in.probability)
+    assert (screening.label, rule_in.label) == ("PNEUMONIA", "NORMAL")
+
+
+def test_explain_pneumonia_regardless(pipeline, radiograph):
+    result = pipeline.first_pass(radiograph, Options(operating_point="rule_in", explain="pneumonia"))
+    assert result.analysis.prediction.label == "NORMAL"
+    assert result.analysis.explained_class == "PNEUMONIA"
+
+
+@pytest.mark.parametrize("options", [Options(cam_method="nope"), Options(explain="both"), Options(occlusion="ultra")])
+def test_bad_options_are_refused_clearly(pipeline, radiograph, options):
+    with pytest.raises(InputError, match="choose"):
+        pipeline.first_pass(radiograph, options)
+
+
+def test_garbage_upload_is_an_input_error(pipeline, tmp_path):
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"<html>not an image</html>")
+    with pytest.raises(InputError):
+        pipeline.analyze(bad)
+
+
+def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "out"
+    status = cli_main(["analyze", str(radiograph), str(bad), "--out", str(out), "--checkpoint", str(checkpoint), "--lung-checkpoint", str(tmp_path / "none.json")])
+    assert status == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == [str(radiograph), str(bad)]
+    good, broken = rows
+    assert good["ok"] and good["error"] is None
+    for key in ("label", "probability", "band", "operating_point", "threshold", "ood", "agreement", "report", "anatomy"):
+        assert key in good
+    assert set(good["ood"]) == {"flagged", "reasons"}
+    assert all((out / name).is_file() for name in good["overlays"])
+    assert not broken["ok"] and broken["error"] and "Traceback" not in broken["error"]
+
+
+def test_analyze_cli_without_occlusion(checkpoint, radiograph, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--no-occlusion"]) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["ok"] and row["agreement"] is None

@@ -1,0 +1,167 @@
+"""One analysis pipeline for the app, the API and the CLI.
+
+``first_pass`` answers fast (decode, prediction, OOD check, lung segmentation, Grad-CAM);
+``complete`` adds the slow part (occlusion, agreement, anatomy for both maps, final report).
+The app streams the first result, then the complete one; the CLI calls ``analyze``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .agreement import agreement
+from .anatomy import analyze_anatomy, lung_box
+from .cam import CAM_METHODS, compute_cam
+from .classifier import Classifier
+from .imaging import InputError, LoadedImage, load_image
+from .lungs import LungMask, LungSegmenter
+from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .occlusion import occlusion_map
+from .ood import assess_ood
+from .overlay import overlay
+from .report import build_report
+from .results import Analysis, Prediction, to_jsonable
+
+# Occlusion settings offered in the app: window and stride in model-input pixels.
+OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}
+EXPLAIN_TARGETS = ("predicted", "pneumonia")
+DISPLAY_MAX_SIDE = 1024  # overlays are drawn on the upload, downscaled to at most this size
+LUNG_BOX_MARGIN = 16
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user can choose for one analysis."""
+
+    operating_point: str = "balanced"
+    cam_method: str = "gradcam"
+    explain: str = "predicted"  # "predicted" class or always "pneumonia"
+    occlusion: str = "fast"  # a key of OCCLUSION_PRESETS, or "off"
+    lung_focus: bool = True  # occlude only around the lungs when segmentation is plausible
+
+    def validate(self) -> "Options":
+        if self.cam_method not in CAM_METHODS:
+            raise InputError(f"Unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}.")
+        if self.explain not in EXPLAIN_TARGETS:
+            raise InputError(f"Unknown explanation target {self.explain!r}; choose 'predicted' or 'pneumonia'.")
+        if self.occlusion != "off" and self.occlusion not in OCCLUSION_PRESETS:
+            raise InputError(f"Unknown occlusion detail {self.occlusion!r}; choose fast, fine or off.")
+        return self
+
+
+@dataclass(frozen=True)
+class Result:
+    """An analysis plus the arrays needed to draw it."""
+
+    analysis: Analysis
+    pixels: np.ndarray  # the upload for display, (H, W) in [0, 1], aspect ratio kept
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (S, S) in [0, 1]
+    lung: LungMask | None = None
+    model_input: torch.Tensor | None = field(default=None, repr=False)
+
+    def overlays(self, opacity: float = 0.45, outline: bool = True) -> dict[str, np.ndarray]:
+        """RGB uint8 overlays on the upload's own size and aspect ratio, one per map."""
+        contour = self.lung.mask if (outline and self.lung is not None and self.lung.ok) else None
+        return {name: overlay(self.pixels, heat, opacity=opacity, outline=contour) for name, heat in self.maps.items()}
+
+    def to_json(self) -> dict:
+        return to_jsonable(self.analysis)
+
+
+class Pipeline:
+    """The loaded models and the steps of one analysis."""
+
+    def __init__(self, classifier: Classifier, segmenter: LungSegmenter | None = None) -> None:
+        self.classifier = classifier
+        self.segmenter = segmenter
+        card = getattr(segmenter, "card", None)
+        # Per-method thresholds fitted on validation live in the lung card; anatomy has the default.
+        self.shortcut_threshold = dict(getattr(card, "shortcut_threshold", None) or {})
+
+    @classmethod
+    def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT) -> "Pipeline":
+        """Load the classifier and, when its checkpoint exists, the lung segmenter."""
+        segmenter = None
+        if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
+            segmenter = LungSegmenter.load(lung_checkpoint)
+        return cls(Classifier.load(checkpoint), segmenter)
+
+    def predict(self, source: str | os.PathLike | bytes, operating_point: str = "balanced") -> tuple[LoadedImage, Prediction, Analysis, torch.Tensor]:
+        """Decode, classify and check for out-of-distribution input (no explanations)."""
+        image = load_image(source)
+        x = self.classifier.prepare(image.pixels)
+        probs, distance = self.classifier.score(x)
+        prediction = self.classifier.decide(float(probs[0]), operating_point)
+        ood = assess_ood(image, None if distance is None else float(distance[0]), self.classifier.card.ood.get("threshold"))
+        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings))
+        return image, prediction, analysis, x
+
+    def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:
+        """Prediction, lung segmentation and the CAM map: the fast first answer."""
+        options.validate()
+        image, prediction, analysis, x = self.predict(source, options.operating_point)
+        target = self._target_class(prediction, options)
+        cam = compute_cam(self.classifier.model, x, method=options.cam_method, target_class=target)
+        lung = self.segmenter.segment(image.pixels) if self.segmenter is not None else None
+        maps = {"gradcam": cam}
+        analysis = replace(
+            analysis,
+            cam_method=options.cam_method,
+            explained_class=self.classifier.card.classes[target],
+            anatomy=analyze_anatomy(maps, lung, self.shortcut_threshold),
+        )
+        analysis = replace(analysis, report=build_report(analysis))
+        return Result(analysis, _display(image.pixels), maps, lung, x)
+
+    def complete(self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None) -> Result:
+        """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
+        if options.occlusion == "off":
+            return result
+        target = self.classifier.card.classes.index(result.analysis.explained_class)
+        region = None
+        if options.lung_focus and result.lung is not None and result.lung.ok:
+            region = lung_box(result.lung.mask, LUNG_BOX_MARGIN)
+        occ = occlusion_map(
+            self.classifier.model,
+            result.model_input,
+            **OCCLUSION_PRESETS[options.occlusion],
+            target_class=target,
+            temperature=self.classifier.card.temperature,
+            region=region,
+            progress=progress,
+        )
+        support = np.clip(occ.map, 0, None)
+        occ_display = support / support.max() if support.max() > 0 else support
+        maps = {**result.maps, "occlusion": occ_display.astype(np.float32)}
+        analysis = replace(
+            result.analysis,
+            agreement=agreement(result.maps["gradcam"], occ.map, occ.grid.shape, region=occ.region),
+            anatomy=analyze_anatomy(maps, result.lung, self.shortcut_threshold),
+        )
+        analysis = replace(analysis, report=build_report(analysis))
+        return replace(result, analysis=analysis, maps=maps)
+
+    def analyze(self, source: str | os.PathLike | bytes, options: Options = Options(), progress=None) -> Result:
+        return self.complete(self.first_pass(source, options), options, progress)
+
+    def _target_class(self, prediction: Prediction, options: Options) -> int:
+        classes = self.classifier.card.classes
+        return classes.index("PNEUMONIA") if options.explain == "pneumonia" else classes.index(prediction.label)
+
+
+def _display(pixels: np.ndarray) -> np.ndarray:
+    """The upload downscaled (aspect ratio kept) so that overlays stay light to send."""
+    h, w = pixels.shape
+    scale = DISPLAY_MAX_SIDE / max(h, w)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+

@@ -1,0 +1,241 @@
+"""Handlers behind the Gradio Space: pipeline results -> component values.
+
+Everything the app shows is computed here so it can be tested without a browser; ``app.py``
+only lays out components and wires them to these functions.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+import numpy as np
+
+from . import DISCLAIMER
+from .imaging import InputError
+from .overlay import LEGEND
+from .pipeline import Options, Pipeline, Result
+from .report import method_name, percent
+from .results import BAND_EXPLANATION, Agreement, Prediction
+
+BAND_COLOURS = {"High": "#1b7f3b", "Moderate": "#b7791f", "Low": "#9b2c2c"}
+JSON_MAX_AGE_S = 3600
+_json_dir = tempfile.TemporaryDirectory(prefix="xray_xai_json_")
+
+AGREEMENT_HELP = (
+    "Agreement compares the Grad-CAM and occlusion maps on the occlusion grid: Spearman rank "
+    "correlation and overlap (IoU) of each map's top 20% cells."
+)
+
+
+def badge_html(prediction: Prediction, ood_flagged: bool = False) -> str:
+    """The confidence band as a coloured badge, with the reported label."""
+    colour = BAND_COLOURS[prediction.band]
+    caution = " · UNRELIABLE INPUT" if ood_flagged else ""
+    return (
+        f'<div class="band-badge" style="background:{colour}">'
+        f"{html.escape(prediction.label)} · {prediction.band} confidence "
+        f"({percent(prediction.confidence)}){caution}</div>"
+        f'<div class="band-help">{html.escape(BAND_EXPLANATION)}</div>'
+    )
+
+
+def label_value(prediction: Prediction) -> dict[str, float]:
+    """Calibrated probabilities for ``gr.Label``."""
+    return {"PNEUMONIA": round(prediction.probability, 4), "NORMAL": round(1 - prediction.probability, 4)}
+
+
+def agreement_markdown(agreement: Agreement | None) -> str:
+    if agreement is None:
+        return "**Agreement:** waiting for the occlusion map..."
+    return (
+        f"**Grad-CAM and occlusion {agreement.verdict}** "
+        f"(Spearman {agreement.spearman:+.2f}, top-20% IoU {agreement.top20_iou:.2f}). {AGREEMENT_HELP}"
+    )
+
+
+def legend_markdown(result: Result) -> str:
+    """One line per map saying what its colours mean for this result."""
+    analysis = result.analysis
+    label = analysis.explained_class
+    cam = method_name(analysis.cam_method)
+    lines = [f"**{cam}:** " + LEGEND["cam"].format(label=label, method=cam)]
+    if "occlusion" in result.maps:
+        lines.append("**Occlusion:** " + LEGEND["occlusion"].format(label=label))
+    return "  \n".join(lines)
+
+
+def alerts_markdown(result: Result) -> str:
+    """Warnings that must be seen next to the result: unreliable input, shortcut, input notes."""
+    analysis = result.analysis
+    lines = []
+    if analysis.ood.flagged:
+        lines.append("**This image looks unlike the training data; do not rely on this result.** " + " ".join(analysis.ood.reasons))
+    if analysis.anatomy is not None and analysis.anatomy.shortcut_warning:
+        lines.append("**The explanation may rest on something other than the lungs** (markers, borders, devices, text).")
+    lines.extend(analysis.input_warnings)
+    return "\n\n".join(f"⚠️ {line}" for line in lines)
+
+
+def write_json(result: Result) -> str:
+    """The whole analysis as a JSON file for download (temporary; pruned after an hour)."""
+    folder = Path(_json_dir.name)
+    now = time.time()
+    for old in folder.glob("*.json"):
+        if now - old.stat().st_mtime > JSON_MAX_AGE_S:
+            old.unlink(missing_ok=True)
+    payload = {**result.to_json(), "disclaimer": DISCLAIMER}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="analysis_", dir=folder, delete=False) as handle:
+        json.dump(payload, handle, indent=2)
+    return handle.name
+
+
+def ui_values(result: Result, opacity: float, outline: bool) -> tuple[Any, ...]:
+    """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`."""
+    overlays = result.overlays(opacity, outline)
+    analysis = result.analysis
+    return (
+        badge_html(analysis.prediction, analysis.ood.flagged),
+        label_value(analysis.prediction),
+        _uint8(result.pixels),
+        overlays.get("gradcam"),
+        overlays.get("occlusion"),
+        agreement_markdown(analysis.agreement),
+        legend_markdown(result),
+        alerts_markdown(result),
+        analysis.report,
+        write_json(result),
+    )
+
+
+UI_OUTPUTS = ("badge", "label", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    return (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _options(operating_point: str, cam_method: str, occlusion: str, explain: str = "predicted") -> Options:
+    return Options(operating_point=operating_point, cam_method=cam_method, occlusion=occlusion, explain=explain)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the library's user-caused errors into ``gr.Error`` with the same clear message."""
+    import functools
+    import inspect
+
+    def convert(error: Exception) -> gr.Error:
+        return gr.Error(str(error), title="Cannot analyse this file")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except (InputError, ValueError) as error:
+                raise convert(error) from None
+
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, ValueError) as error:
+            raise convert(error) from None
+
+    return wrapper
+
+
+class Handlers:
+    """The Space's event handlers bound to one loaded pipeline."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    @staticmethod
+    def pick_source(image_path: str | None, file_path: str | None) -> str:
+        source = file_path or image_path
+        if not source:
+            raise InputError("Upload a chest radiograph (PNG, JPEG, TIFF, BMP, WebP or DICOM) first.")
+        return source
+
+    def stream(
+        self,
+        image_path: str | None,
+        file_path: str | None,
+        operating_point: str,
+        cam_method: str,
+        occlusion: str,
+        opacity: float,
+        outline: bool,
+        progress: Callable | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """First answer (prediction + Grad-CAM), then the complete analysis with occlusion."""
+        options = _options(operating_point, cam_method, occlusion)
+        first = self.pipeline.first_pass(self.pick_source(image_path, file_path), options)
+        yield ui_values(first, opacity, outline)
+        report = (lambda done, total: progress((done, total), desc="Occlusion sensitivity")) if progress else None
+        yield ui_values(self.pipeline.complete(first, options, report), opacity, outline)
+
+    def example(self, image_path: str) -> tuple[Any, ...]:
+        """Full analysis of an example with the default settings (cached lazily by Gradio)."""
+        return ui_values(self.pipeline.analyze(image_path, Options()), 0.45, True)
+
+    def predict(self, image: str, operating_point: str = "balanced") -> tuple[str, float, str]:
+        """Classify a chest radiograph, without explanations (fast).
+
+        Args:
+            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP or DICOM.
+            operating_point: Decision threshold: "balanced" (Youden's J on validation), "screening" (validation sensitivity >= 95%) or "rule_in" (validation specificity >= 90%).
+
+        Returns:
+            label: "PNEUMONIA" or "NORMAL" at the chosen operating point (a research output, not a diagnosis).
+            probability: Calibrated probability of pneumonia, between 0 and 1.
+            band: Confidence band of the reported label: "High", "Moderate" or "Low".
+        """
+        _, prediction, _, _ = self.pipeline.predict(self.pick_source(image, None), operating_point)
+        return prediction.label, prediction.probability, prediction.band
+
+    def explain(
+        self, image: str, operating_point: str = "balanced", cam_method: str = "gradcam", occlusion: str = "fast"
+    ) -> tuple[str, float, str, np.ndarray, np.ndarray, dict, str, dict]:
+        """Classify a chest radiograph and explain the answer with Grad-CAM and occlusion.
+
+        Args:
+            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP or DICOM.
+            operating_point: "balanced", "screening" or "rule_in".
+            cam_method: CAM method: "gradcam", "hirescam", "gradcam++" or "layercam".
+            occlusion: Occlusion detail: "fast" or "fine".
+
+        Returns:
+            label: "PNEUMONIA" or "NORMAL" at the chosen operating point (a research output, not a diagnosis).
+            probability: Calibrated probability of pneumonia, between 0 and 1.
+            band: Confidence band of the reported label: "High", "Moderate" or "Low".
+            gradcam: Grad-CAM overlay on the radiograph (PNG, the upload's aspect ratio).
+            occlusion_map: Occlusion-sensitivity overlay on the radiograph (PNG).
+            agreement: Spearman correlation, top-20% IoU and verdict of the two maps.
+            report: Structured plain-language report, ending with the medical disclaimer.
+            analysis: The whole analysis as JSON (prediction, OOD check, anatomy, agreement, report, disclaimer).
+        """
+        options = _options(operating_point, cam_method, occlusion)
+        result = self.pipeline.analyze(self.pick_source(image, None), options)
+        overlays = result.overlays()
+        analysis = result.analysis
+        payload = {**result.to_json(), "disclaimer": DISCLAIMER}
+        return (
+            analysis.prediction.label,
+            analysis.prediction.probability,
+            analysis.prediction.band,
+            overlays["gradcam"],
+            overlays["occlusion"],
+            payload["agreement"],
+            analysis.report,
+            payload,
+        )
