@@ -1,0 +1,126 @@
+"""The evaluation CLI end to end on a tiny model and dataset, and its metric helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai.classifier import Classifier
+from xray_xai.evaluate import bootstrap_auroc_ci, compute_metrics, main, threshold_metrics
+from xray_xai.model import ModelCard, sha256_file
+
+OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evaluate")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint")
+    data = make_tiny_dataset(root / "data", per_class=4)
+    (data / "PNEUMONIA" / "person999_virus_1.png").write_bytes(b"not an image")
+    return root, checkpoint, data
+
+
+def card_only_classifier(temperature: float = 1.0) -> Classifier:
+    card = ModelCard(
+        arch="none",
+        input_size=8,
+        mean=0.5,
+        std=0.25,
+        temperature=temperature,
+        operating_points={name: {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9} for name in ("balanced", "screening", "rule_in")},
+    )
+    return Classifier(model=None, card=card)
+
+
+def test_cli_writes_every_metric_and_plot(tiny):
+    root, checkpoint, data = tiny
+    out = root / "out"
+    main(["--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--bootstrap", "200", "--threads", "1"])
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    assert metrics["n"] == 8
+    assert metrics["counts"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    assert metrics["failed"]["count"] == 1
+    assert metrics["failed"]["files"][0]["file"] == "PNEUMONIA/person999_virus_1.png"
+    assert metrics["checkpoint_sha256"] == sha256_file(checkpoint.with_suffix(".safetensors"))
+    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["auprc"] <= 1
+    lo, hi = metrics["auroc_ci95"]
+    assert 0 <= lo <= hi <= 1
+    for block in (metrics, metrics["uncalibrated"]):
+        assert 0 <= block["ece"] <= 1 and 0 <= block["brier"] <= 1
+    assert set(metrics["operating_points"]) == {"balanced", "screening", "rule_in"}
+    for name, point in metrics["operating_points"].items():
+        assert OPERATING_POINT_KEYS <= set(point)
+        assert point["threshold"] == json.loads(checkpoint.read_text())["operating_points"][name]["threshold"]
+        (tn, fp), (fn, tp) = point["confusion"]
+        assert tn + fp == 4 and fn + tp == 4
+        for key in OPERATING_POINT_KEYS - {"threshold", "confusion"}:
+            assert point[key] is None or 0 <= point[key] <= 1
+    for plot in ("roc.png", "pr.png", "reliability.png", "confusion_balanced.png", "confusion_screening.png", "confusion_rule_in.png"):
+        assert (out / plot).stat().st_size > 1000, plot
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 8
+
+
+def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):
+    _, checkpoint, data = tiny
+    single = tmp_path / "single"
+    shutil.copytree(data / "NORMAL", single / "NORMAL")
+    (single / "PNEUMONIA").mkdir()
+    metrics = main(["--data", str(single), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--threads", "1"])
+    assert metrics["n"] == 4 and metrics["counts"]["PNEUMONIA"] == 0
+    assert metrics["auroc"] is None and metrics["auroc_ci95"] is None and metrics["auprc"] is None
+    assert any("one class" in note for note in metrics["notes"])
+    assert metrics["operating_points"]["balanced"]["sensitivity"] is None
+    assert (tmp_path / "out" / "reliability.png").exists() and not (tmp_path / "out" / "roc.png").exists()
+
+
+def test_threshold_metrics_known_confusion():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.9])
+    m = threshold_metrics(labels, probs, 0.5)
+    assert m["confusion"] == [[2, 1], [1, 2]]
+    for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy"):
+        assert m[key] == pytest.approx(2 / 3), key
+    # p == threshold counts as positive; nothing predicted negative -> NPV undefined.
+    m = threshold_metrics(labels, probs, 0.1)
+    assert m["confusion"] == [[0, 3], [0, 3]] and m["npv"] is None and m["sensitivity"] == 1.0
+
+
+def test_perfect_separation_metrics():
+    labels = np.array([0] * 5 + [1] * 5)
+    logits = np.linspace(-4, 4, 10)
+    metrics = compute_metrics(labels, logits, card_only_classifier(), n_bootstrap=100)
+    assert metrics["auroc"] == 1.0 and metrics["auprc"] == 1.0 and metrics["auroc_ci95"] == [1.0, 1.0]
+    assert metrics["operating_points"]["balanced"]["confusion"] == [[5, 0], [0, 5]]
+    assert metrics["operating_points"]["balanced"]["accuracy"] == 1.0
+
+
+def test_temperature_changes_calibrated_but_not_uncalibrated_metrics():
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    logits = np.array([-3.0, 2.0, 1.0, 4.0, -1.0, -2.0, 3.0, 0.5])
+    plain = compute_metrics(labels, logits, card_only_classifier(1.0), n_bootstrap=0)
+    scaled = compute_metrics(labels, logits, card_only_classifier(3.0), n_bootstrap=0)
+    assert plain["uncalibrated"] == scaled["uncalibrated"]
+    assert plain["brier"] == pytest.approx(plain["uncalibrated"]["brier"])
+    assert not math.isclose(scaled["brier"], plain["brier"])
+    assert scaled["auroc"] == plain["auroc"]  # a monotone rescaling keeps the ranking
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 40)
+    scores = labels + rng.normal(0, 1, 80)
+    first = bootstrap_auroc_ci(labels, scores, 300, seed=7)
+    assert first == bootstrap_auroc_ci(labels, scores, 300, seed=7)
+    assert first != bootstrap_auroc_ci(labels, scores, 300, seed=8)
+    assert first[0] < roc_auc_score(labels, scores) < first[1]
+    assert bootstrap_auroc_ci(np.zeros(10), scores[:10], 100) is None

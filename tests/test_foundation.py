@@ -1,0 +1,234 @@
+"""The foundation: patient-level split, preprocessing, checkpoints, calibration, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny import TINY_ARCH, make_tiny_dataset
+from xray_xai.calibration import fit_temperature, nll, operating_points, sigmoid
+from xray_xai.classifier import Classifier
+from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
+from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
+from xray_xai.preprocess import preprocess, to_model_size
+from xray_xai.train import TrainConfig, augment, lr_at
+from xray_xai.train import main as train_main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def dataset_names(seed: int = 0) -> list[Sample]:
+    """Kermany-style names: several images per patient, three naming schemes."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for n in range(1, 81):
+        for m in range(rng.integers(1, 4)):
+            kind = "bacteria" if m % 2 == 0 else "virus"
+            samples.append(Sample(Path(f"PNEUMONIA/person{n}_{kind}_{n * 10 + m}.jpeg"), 1))
+    for n in range(40):
+        for m in range(rng.integers(1, 3)):
+            samples.append(Sample(Path(f"NORMAL/IM-{n:04d}-{m + 1:04d}.jpeg"), 0))
+            samples.append(Sample(Path(f"NORMAL/NORMAL2-IM-{n:04d}-{m + 1:04d}.jpeg"), 0))
+    return samples
+
+
+def test_patient_ids_from_file_names():
+    assert patient_id("person12_bacteria_45.jpeg") == "person12"
+    assert patient_id("person12_virus_46.jpeg") == "person12"
+    assert patient_id("person1_virus_1.jpeg") != patient_id("person10_virus_1.jpeg")
+    assert patient_id("IM-0115-0001.jpeg") == "IM-0115"
+    assert patient_id("NORMAL2-IM-0115-0001.jpeg") == "NORMAL2-IM-0115"
+
+
+def test_split_keeps_patients_on_one_side_and_is_stratified():
+    samples = dataset_names()
+    train, val = split_by_patient(samples, 0.15, seed=0)
+    assert len(train) + len(val) == len(samples)
+    assert not {s.patient for s in train} & {s.patient for s in val}
+    for label, n_patients in ((1, 80), (0, 80)):
+        val_patients = {s.patient for s in val if s.label == label}
+        assert len(val_patients) == round(0.15 * n_patients)
+
+
+def test_split_is_deterministic_by_seed_and_reproducible_from_ids():
+    samples = dataset_names()
+    first = split_by_patient(samples, 0.15, seed=3)
+    assert first == split_by_patient(samples, 0.15, seed=3)
+    assert {s.patient for s in first[1]} != {s.patient for s in split_by_patient(samples, 0.15, seed=4)[1]}
+    assert split_with_patients(samples, {s.patient for s in first[1]}) == first
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+
+def smooth_image(height: int, width: int) -> np.ndarray:
+    """A smooth function of the relative position, sampled at pixel centres."""
+    v = (np.arange(height) + 0.5) / height
+    u = (np.arange(width) + 0.5) / width
+    uu, vv = np.meshgrid(u, v)
+    return (0.5 + 0.3 * np.sin(3 * uu) * np.cos(2 * vv) + 0.15 * np.exp(-((uu - 0.3) ** 2 + (vv - 0.6) ** 2) / 0.05)).astype(np.float32)
+
+
+def test_preprocess_shape_dtype_and_range():
+    rng = np.random.default_rng(0)
+    pixels = rng.random((300, 210), dtype=np.float32)
+    squashed = to_model_size(pixels, 64)
+    assert squashed.shape == (64, 64) and squashed.dtype == np.float32
+    assert squashed.min() >= 0 and squashed.max() <= 1  # bicubic overshoot is clipped
+    x = preprocess(pixels, 64, 0.5, 0.25)
+    assert x.shape == (64, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(x, (squashed - 0.5) / 0.25, atol=1e-6)
+    with pytest.raises(ValueError):
+        to_model_size(np.zeros((4, 4, 3), np.float32), 8)
+
+
+def test_full_resolution_upload_matches_an_image_made_at_224():
+    full = to_model_size(smooth_image(1500, 1200), 224)
+    direct = smooth_image(224, 224)
+    assert np.abs(full - direct).max() < 0.002
+
+
+def test_classifier_prepare_is_the_one_preprocess(tmp_path):
+    card = ModelCard(arch=TINY_ARCH, input_size=32, mean=0.4, std=0.2)
+    pixels = smooth_image(90, 70)
+    x = Classifier(model=None, card=card).prepare(pixels)
+    assert tuple(x.shape) == (1, 1, 32, 32) and x.dtype == torch.float32
+    np.testing.assert_array_equal(x[0, 0].numpy(), preprocess(pixels, 32, 0.4, 0.2))
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_tiny(tmp_path: Path, dtype=torch.float16):
+    torch.manual_seed(0)
+    model = create_model(TINY_ARCH).eval().to(memory_format=torch.channels_last)
+    card = ModelCard(arch=TINY_ARCH, input_size=32, mean=0.5, std=0.25, temperature=1.7)
+    path = tmp_path / "classifier.json"
+    save_checkpoint(model, card, path, {"ood_mean": torch.arange(4.0)}, dtype=dtype)
+    return model, path
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    model, path = save_tiny(tmp_path, dtype=torch.float32)
+    loaded, card, extras = load_checkpoint(path)
+    x = torch.randn(3, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    assert card.temperature == 1.7 and card.arch == TINY_ARCH
+    assert torch.equal(extras["ood_mean"], torch.arange(4.0))
+
+
+def test_float16_checkpoint_keeps_probabilities(tmp_path):
+    model, path = save_tiny(tmp_path)
+    loaded, _, _ = load_checkpoint(path)
+    x = torch.randn(3, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert (torch.sigmoid(model(x)) - torch.sigmoid(loaded(x))).abs().max() < 1e-3
+
+
+def test_tampered_weight_file_is_refused(tmp_path):
+    _, path = save_tiny(tmp_path)
+    weights = path.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="integrity"):
+        load_checkpoint(path)
+
+
+def test_missing_files_are_refused(tmp_path):
+    _, path = save_tiny(tmp_path)
+    path.with_suffix(".safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.json")
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_lowers_nll():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2.5, 20000)
+    labels = (rng.random(20000) < sigmoid(true_logits)).astype(int)
+    overconfident = 3.0 * true_logits
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.08)
+    assert nll(sigmoid(overconfident / temperature), labels) < nll(sigmoid(overconfident), labels) - 0.05
+
+
+def rates(probs, labels, threshold):
+    predicted = probs >= threshold
+    return predicted[labels == 1].mean(), (~predicted[labels == 0]).mean()
+
+
+def test_operating_points_meet_their_constraints():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [300, 500])
+    probs = sigmoid(rng.normal(0, 1, 800) + 2.0 * labels - 1.0)
+    points = operating_points(probs, labels)
+    candidates = np.unique(probs)
+
+    t = points["screening"]["threshold"]
+    assert rates(probs, labels, t)[0] >= 0.95
+    assert rates(probs, labels, candidates[candidates > t][0])[0] < 0.95  # the highest such threshold
+    t = points["rule_in"]["threshold"]
+    assert rates(probs, labels, t)[1] >= 0.90
+    assert rates(probs, labels, candidates[candidates < t][-1])[1] < 0.90  # the lowest such threshold
+    youden = [sum(rates(probs, labels, c)) for c in candidates]
+    assert sum(rates(probs, labels, points["balanced"]["threshold"])) == pytest.approx(max(youden))
+    for name, point in points.items():
+        sensitivity, specificity = rates(probs, labels, point["threshold"])
+        assert point["sensitivity"] == pytest.approx(sensitivity) and point["specificity"] == pytest.approx(specificity), name
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def test_augment_keeps_shape_and_range_and_is_seeded():
+    batch = torch.rand(6, 1, 32, 32)
+    cfg = TrainConfig()
+    out = augment(batch, cfg, torch.Generator().manual_seed(1))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, batch)
+    assert torch.equal(out, augment(batch, cfg, torch.Generator().manual_seed(1)))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    total, warmup, base = 100, 10, 1e-3
+    lrs = np.array([lr_at(step, total, warmup, base) for step in range(total)])
+    assert np.all(np.diff(lrs[:warmup]) > 0) and lrs[warmup - 1] == pytest.approx(base)
+    assert lrs[warmup] == pytest.approx(base)
+    assert np.all(np.diff(lrs[warmup:]) <= 0) and lrs[-1] < 0.01 * base
+
+
+def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
+    make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"), "--work", str(tmp_path / "work"),
+            "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "2", "--threads", "1"]  # fmt: skip
+    train_main(argv)
+    assert "resuming" not in capsys.readouterr().out
+    for name in ("classifier.json", "classifier.safetensors", "classifier_val_patients.json"):
+        assert (tmp_path / "ckpt" / name).is_file(), name
+    card = json.loads((tmp_path / "ckpt" / "classifier.json").read_text())
+    assert set(card["operating_points"]) == {"balanced", "screening", "rule_in"} and card["temperature"] > 0
+    assert card["training"]["epochs_run"] == 2 and len(card["validation"]["history"]) == 2
+    val_patients = json.loads((tmp_path / "ckpt" / "classifier_val_patients.json").read_text())["patients"]
+    assert len(val_patients) == card["data"]["val_patients"] > 0
+    classifier = Classifier.load(tmp_path / "ckpt" / "classifier.json")
+    assert 0 <= classifier.predict(smooth_image(50, 40)).probability <= 1
+
+    train_main(argv)
+    assert "resuming after epoch 2" in capsys.readouterr().out

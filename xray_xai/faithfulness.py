@@ -1,0 +1,327 @@
+"""How faithful the explanation maps are, and how much of them falls on the lungs.
+
+    python -m xray_xai.faithfulness --data DIR --masks MASKDIR --out OUT [--limit N]
+    python -m xray_xai.faithfulness --data ../shared/data/chest_xray/train --split val \\
+        --masks ../shared/data/lung_masks/train --out outputs/faithfulness_val --limit 40
+
+Deletion and insertion (RISE, Petsiuk et al. 2018): the model-input pixels are ranked by a
+saliency map and changed ``--step`` (224) at a time, most salient first. Deletion replaces them
+by the occlusion baseline (a heavily blurred copy by default, the same perturbation the
+occlusion maps are made with); insertion starts from the blurred image and puts the original
+pixels back. The score is the calibrated probability of the explained class, which is the
+image's labelled class. A faithful map makes the deletion curve fall fast (low AUC) and the
+insertion curve rise fast (high AUC); a random map (seeded) is the reference.
+
+Lung figures use reference masks in ``MASKDIR`` (same ``CLASS/NAME.png`` layout as ``DIR``,
+255 = lung, resized to the model input with nearest neighbour): the share of each map's
+positive mass inside the lungs (as :func:`xray_xai.anatomy.zone_shares` computes it for the
+app's shortcut warning) and whether the map's peak is inside. Chance level is the lung-area
+fraction. Images without a mask count for deletion/insertion only.
+
+``--split val`` keeps only the classifier's validation patients (the ids saved next to the
+checkpoint by training), so run it on ``DATA/train``. Occlusion here covers the whole image
+(``--window``/``--stride``, default the app's fast preset), not the app's lung box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from . import CLASSES  # noqa: E402
+from .anatomy import OUTSIDE, zone_shares  # noqa: E402
+from .cam import compute_cam  # noqa: E402
+from .classifier import Classifier  # noqa: E402
+from .data import Sample, list_samples, split_with_patients  # noqa: E402
+from .imaging import InputError, load_image  # noqa: E402
+from .model import DEFAULT_CHECKPOINT  # noqa: E402
+from .occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+
+METHODS = ("gradcam", "occlusion", "random")
+STEP_PIXELS = 224  # pixels changed per step, as in RISE
+ScoreFn = Callable[[torch.Tensor], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Score of the explained class after each step of a deletion or insertion."""
+
+    fraction: np.ndarray  # share of the pixels changed, 0 ... 1
+    score: np.ndarray
+
+    @property
+    def auc(self) -> float:
+        return float(np.trapezoid(self.score, self.fraction))
+
+
+def rank_pixels(saliency: np.ndarray, seed: int | tuple[int, ...] = 0) -> np.ndarray:
+    """Rank of every pixel (0 = most salient), ties broken in a seeded random order, not raster order."""
+    flat = np.nan_to_num(np.asarray(saliency, dtype=np.float64)).ravel()
+    tiebreak = np.random.default_rng(seed).permutation(flat.size)
+    order = np.lexsort((tiebreak, -flat))
+    ranks = np.empty(flat.size, dtype=np.int64)
+    ranks[order] = np.arange(flat.size)
+    return ranks
+
+
+def step_counts(total: int, step: int) -> np.ndarray:
+    """Number of pixels changed after each step: 0, step, 2 * step, ..., total."""
+    return np.append(np.arange(0, total, step), total)
+
+
+def perturbation_curve(
+    score_fn: ScoreFn,
+    start: torch.Tensor,
+    finish: torch.Tensor,
+    saliency: np.ndarray,
+    step: int = STEP_PIXELS,
+    batch_size: int = 32,
+    seed: int | tuple[int, ...] = 0,
+) -> Curve:
+    """Scores while the pixels of ``start`` become those of ``finish``, ``step`` at a time, most salient first.
+
+    ``start`` and ``finish`` are ``(1, 1, S, S)`` model inputs; ``saliency`` is ``(S, S)``.
+    Deletion is ``(image, baseline)``, insertion ``(blurred, image)``.
+    """
+    if tuple(np.shape(saliency)) != tuple(start.shape[-2:]):
+        raise ValueError(f"saliency map {np.shape(saliency)} does not match the input {tuple(start.shape[-2:])}")
+    total = int(np.prod(start.shape[-2:]))
+    ranks = torch.from_numpy(rank_pixels(saliency, seed))
+    counts = step_counts(total, step)
+    first, last = start.reshape(1, total), finish.reshape(1, total)
+    scores = []
+    for begin in range(0, len(counts), batch_size):
+        changed = ranks[None, :] < torch.from_numpy(counts[begin : begin + batch_size])[:, None]
+        batch = torch.where(changed, last, first).reshape(-1, *start.shape[1:])
+        scores.append(np.asarray(score_fn(batch.contiguous(memory_format=torch.channels_last)), dtype=np.float64))
+    return Curve(counts / total, np.concatenate(scores))
+
+
+def lung_figures(saliency: np.ndarray, lungs: np.ndarray) -> tuple[float | None, bool | None]:
+    """Share of the map's positive mass inside the lungs and whether its peak lies inside.
+
+    ``None`` where undefined: the share for a map without positive mass, the peak for a flat map.
+    """
+    saliency = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
+    peak_inside = bool(lungs.flat[int(np.argmax(saliency))]) if saliency.max() > saliency.min() else None
+    share = 1.0 - zone_shares(saliency, lungs)[OUTSIDE] if (saliency > 0).any() else None
+    return share, peak_inside
+
+
+def read_mask(path: Path, size: int) -> np.ndarray:
+    """A reference lung mask (255 = lung) squashed to the model input with nearest neighbour."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+def class_score_fn(classifier: Classifier, target_class: int) -> ScoreFn:
+    """Calibrated probability of ``target_class`` (1 = PNEUMONIA, 0 = NORMAL) for a batch."""
+
+    def score(batch: torch.Tensor) -> np.ndarray:
+        p = classifier.probabilities(batch)
+        return p if target_class == 1 else 1.0 - p
+
+    return score
+
+
+def explanation_maps(classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...]) -> dict[str, np.ndarray]:
+    size = classifier.input_size
+    occlusion = occlusion_map(
+        classifier.model,
+        x,
+        window=args.window,
+        stride=args.stride,
+        baseline=args.baseline,
+        batch_size=args.batch_size,
+        target_class=target_class,
+        temperature=classifier.card.temperature,
+    )
+    return {
+        "gradcam": compute_cam(classifier.model, x, method="gradcam", target_class=target_class),
+        "occlusion": occlusion.map,
+        "random": np.random.default_rng(seed).random((size, size), dtype=np.float32),
+    }
+
+
+def select_samples(args: argparse.Namespace) -> list[Sample]:
+    """Images of the requested classes (and split), a seeded random subset of ``--limit`` of them."""
+    samples = list_samples(args.data)
+    if args.split == "val":
+        ids_path = Path(args.checkpoint).parent / "classifier_val_patients.json"
+        if not ids_path.is_file():
+            raise SystemExit(f"--split val needs the validation patient ids in {ids_path} (written by training).")
+        samples = split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]
+    samples = [s for s in samples if CLASSES[s.label] in args.classes]
+    if args.limit and len(samples) > args.limit:
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.limit, replace=False))
+        samples = [samples[i] for i in keep]
+    return samples
+
+
+def evaluate_image(classifier: Classifier, sample: Sample, args: argparse.Namespace, index: int) -> tuple[dict, dict[str, Curve]]:
+    """Per-method deletion/insertion curves and lung figures for one image."""
+    x = classifier.prepare(load_image(sample.path).pixels)
+    target = sample.label
+    seed = (args.seed, index)  # random map and tie-breaking, reproducible per image
+    maps = explanation_maps(classifier, x, target, args, seed)
+    score_fn = class_score_fn(classifier, target)
+    removed, blurred = make_baseline(x, args.baseline), make_baseline(x, "blur")
+    mask_file = Path(args.masks) / CLASSES[sample.label] / f"{sample.path.stem}.png"
+    lungs = read_mask(mask_file, classifier.input_size) if mask_file.is_file() else None
+    record = {"file": f"{CLASSES[sample.label]}/{sample.path.name}", "explained_class": CLASSES[target],
+              "probability": float(score_fn(x)[0]), "lung_area_fraction": None if lungs is None else float(lungs.mean())}  # fmt: skip
+    curves = {}
+    kw = {"step": args.step, "batch_size": args.batch_size, "seed": seed}
+    for method, saliency in maps.items():
+        deletion = perturbation_curve(score_fn, x, removed, saliency, **kw)
+        insertion = perturbation_curve(score_fn, blurred, x, saliency, **kw)
+        inside, peak = lung_figures(saliency, lungs) if lungs is not None else (None, None)
+        record[method] = {"deletion_auc": deletion.auc, "insertion_auc": insertion.auc, "inside_lung_fraction": inside, "peak_in_lung": peak}
+        curves[method] = (deletion, insertion)
+    # Where the curves end and start: if these are close to ``probability`` the test cannot discriminate.
+    record["probability_deleted"] = float(deletion.score[-1])
+    record["probability_blurred"] = float(insertion.score[0])
+    return record, curves
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(records: list[dict]) -> dict:
+    """Means per method, the 95th percentile of the outside-lung share, and paired wins over random."""
+    methods = {}
+    for method in METHODS:
+        rows = [r[method] for r in records]
+        inside = [r["inside_lung_fraction"] for r in rows if r["inside_lung_fraction"] is not None]
+        summary = {
+            "deletion_auc": _mean([r["deletion_auc"] for r in rows]),
+            "insertion_auc": _mean([r["insertion_auc"] for r in rows]),
+            "inside_lung_fraction": _mean(inside),
+            "peak_in_lung_rate": _mean([r["peak_in_lung"] for r in rows]),
+            "outside_lung_share_p95": float(np.percentile(1.0 - np.array(inside), 95)) if inside else None,
+            "n_lung": len(inside),
+        }
+        if method != "random":
+            summary["vs_random"] = {
+                "deletion_lower_rate": _mean([r[method]["deletion_auc"] < r["random"]["deletion_auc"] for r in records]),
+                "insertion_higher_rate": _mean([r[method]["insertion_auc"] > r["random"]["insertion_auc"] for r in records]),
+            }
+        summary["per_image"] = [{"file": r["file"], **r[method]} for r in records]
+        methods[method] = summary
+    return methods
+
+
+def plot_curves(path: Path, fraction: np.ndarray, mean_curves: dict[str, dict[str, np.ndarray]], methods: dict, n: int) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for method, curves in mean_curves.items():
+            ax.plot(fraction, curves[kind], label=f"{method} (AUC {methods[method][f'{kind}_auc']:.3f})")
+        ax.set(xlabel="fraction of pixels " + ("removed" if kind == "deletion" else "inserted"), title=f"{kind} (mean of {n} images)", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("calibrated P(explained class)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/ subfolders")
+    parser.add_argument("--masks", required=True, help="reference lung masks, CLASS/NAME.png (255 = lung)")
+    parser.add_argument("--out", required=True, help="output folder for faithfulness.json and the plot")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
+    parser.add_argument("--split", choices=("all", "val"), default="all", help="val: only the classifier's validation patients")
+    parser.add_argument("--classes", nargs="+", choices=CLASSES, default=["PNEUMONIA"], help="which labelled classes to explain")
+    parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many images (0 = all)")
+    parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
+    parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
+    parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
+    parser.add_argument("--step", type=int, default=STEP_PIXELS, help="pixels changed per deletion/insertion step")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="subset, random maps and tie-breaking")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    classifier = Classifier.load(args.checkpoint)
+    samples = select_samples(args)
+    if not samples:
+        raise SystemExit(f"No {'/'.join(args.classes)} images selected under {args.data}.")
+    records, failures, sums = [], [], {}
+    for index, sample in enumerate(tqdm(samples, desc="faithfulness", unit="img", file=sys.stderr)):
+        try:
+            record, curves = evaluate_image(classifier, sample, args, index)
+        except InputError as error:
+            failures.append({"file": f"{CLASSES[sample.label]}/{sample.path.name}", "reason": str(error)})
+            continue
+        records.append(record)
+        for method, (deletion, insertion) in curves.items():
+            acc = sums.setdefault(method, {"deletion": 0.0, "insertion": 0.0})
+            acc["deletion"] = acc["deletion"] + deletion.score
+            acc["insertion"] = acc["insertion"] + insertion.score
+    if not records:
+        raise SystemExit("None of the selected images could be read.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mean_curves = {m: {k: v / len(records) for k, v in c.items()} for m, c in sums.items()}
+    total = classifier.input_size**2
+    fraction = step_counts(total, args.step) / total
+    methods = summarize(records)
+    areas = [r["lung_area_fraction"] for r in records if r["lung_area_fraction"] is not None]
+    result = {
+        "n": len(records),
+        "n_with_mask": len(areas),
+        "lung_area_fraction": _mean(areas),
+        "probability": {  # mean P(explained class): clean, all pixels deleted, blurred (insertion start)
+            name: _mean([r[key] for r in records])
+            for name, key in (("clean", "probability"), ("deleted", "probability_deleted"), ("blurred", "probability_blurred"))
+        },
+        "chance_level": "a map spread at random puts lung_area_fraction of its mass inside the lungs",
+        "methods": methods,
+        "settings": {
+            "data": str(Path(args.data).resolve()),
+            "masks": str(Path(args.masks).resolve()),
+            "split": args.split,
+            "classes": args.classes,
+            "explained_class": "the image's labelled class",
+            "score": "calibrated probability of the explained class",
+            "step_pixels": args.step,
+            "deletion_baseline": args.baseline,
+            "insertion_start": "blur",
+            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "whole image"},
+            "gradcam": "xray_xai.cam.compute_cam(method='gradcam')",
+            "seed": args.seed,
+            "checkpoint": str(Path(args.checkpoint).resolve()),
+            "checkpoint_sha256": classifier.card.sha256,
+        },
+        "mean_curves": {"fraction": fraction.tolist(), **{m: {k: v.tolist() for k, v in c.items()} for m, c in mean_curves.items()}},
+        "probabilities": {r["file"]: r["probability"] for r in records},
+        "failed": {"count": len(failures), "files": failures},
+    }
+    plot_curves(out / "faithfulness_curves.png", fraction, mean_curves, methods, len(records))
+    (out / "faithfulness.json").write_text(json.dumps(result, indent=2) + "\n")
+    brief = {m: {k: v for k, v in s.items() if k not in ("per_image",)} for m, s in methods.items()}
+    print(json.dumps({"n": result["n"], "lung_area_fraction": result["lung_area_fraction"], "probability": result["probability"], "methods": brief}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
