@@ -124,3 +124,21 @@ def test_analyze_cli_without_occlusion(checkpoint, radiograph, tmp_path):
     assert cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--no-occlusion"]) == 0
     row = json.loads((out / "results.jsonl").read_text())
     assert row["ok"] and row["agreement"] is None
+
+
+def test_fuzz_corpus_through_the_whole_analysis(pipeline):
+    """Every hostile or odd file gives a clear InputError or a complete, valid analysis."""
+    from tests.fuzz_corpus import build_corpus
+
+    analysed = 0
+    for name, data in build_corpus():
+        try:
+            result = pipeline.analyze(data, Options(occlusion="fast"))
+        except InputError as error:
+            assert str(error) and "Traceback" not in str(error), name
+            continue
+        analysed += 1
+        assert 0.0 <= result.analysis.prediction.probability <= 1.0, name
+        assert all(np.isfinite(m).all() for m in result.maps.values()), name
+        assert DISCLAIMER in result.analysis.report, name
+    assert analysed >= 10  # the odd-but-valid files really were analysed
