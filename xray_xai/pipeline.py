@@ -32,7 +32,7 @@ from .results import Analysis, Prediction, to_jsonable
 # Occlusion settings offered in the app: window and stride in model-input pixels.
 OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}
 EXPLAIN_TARGETS = ("predicted", "pneumonia")
-DISPLAY_MAX_SIDE = 1024  # overlays are drawn on the upload, downscaled to at most this size
+DISPLAY_MAX_SIDE = 640  # overlays are drawn on the upload, downscaled to at most this size (PNG encoding dominates latency)
 LUNG_BOX_MARGIN = 16
 
 
