@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def pipeline(tmp_path_factory) -> Pipeline:
     """The real Blocks app on a small random-weight resnet18 at 64 px (fast, offline)."""
     folder = tmp_path_factory.mktemp("app")
     torch.manual_seed(0)
@@ -50,7 +50,12 @@ def app_url(tmp_path_factory):
     )
     card_path = save_checkpoint(create_model("resnet18").eval(), card, folder / "classifier.json") and folder / "classifier.json"
     pytest.MonkeyPatch().setenv("GRADIO_EXAMPLES_CACHE", str(folder / "examples_cache"))
-    demo = build_demo(Handlers(Pipeline(Classifier.load(card_path))))
+    return Pipeline(Classifier.load(card_path))
+
+
+@pytest.fixture(scope="module")
+def app_url(pipeline):
+    demo = build_demo(Handlers(pipeline))
     demo.queue(max_size=16, default_concurrency_limit=1)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, run_history=False)
@@ -104,6 +109,20 @@ def test_invalid_upload_gives_readable_error(app_url, tmp_path):
 def test_only_documented_endpoints_are_public(app_url):
     info = gradio_client.Client(app_url, verbose=False).view_api(print_info=False, return_format="dict")
     assert set(info["named_endpoints"]) == {"/predict", "/explain"}
+
+
+def test_mcp_server_offers_both_endpoints(pipeline):
+    import httpx
+
+    demo = build_demo(Handlers(pipeline))
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, mcp_server=True)
+    try:
+        tools = httpx.get(f"http://127.0.0.1:{port}/gradio_api/mcp/schema", timeout=30).json()
+    finally:
+        demo.close()
+    assert {tool["name"] for tool in tools} == {"predict", "explain"}
+    assert "not a diagnosis" in next(t for t in tools if t["name"] == "predict")["description"]
 
 
 def test_readme_client_snippet_runs(app_url, radiograph):
