@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
 from app import build_demo  # noqa: E402
-from tests.tiny import synthetic_radiograph  # noqa: E402
+from tests.tiny import make_tiny_checkpoint, synthetic_radiograph  # noqa: E402
 from xray_xai import DISCLAIMER  # noqa: E402
 from xray_xai.classifier import Classifier  # noqa: E402
-from xray_xai.model import ModelCard, create_model, save_checkpoint  # noqa: E402
 from xray_xai.pipeline import Pipeline  # noqa: E402
 from xray_xai.space import Handlers  # noqa: E402
 
@@ -35,20 +33,7 @@ def _free_port() -> int:
 def pipeline(tmp_path_factory) -> Pipeline:
     """The real Blocks app on a small random-weight resnet18 at 64 px (fast, offline)."""
     folder = tmp_path_factory.mktemp("app")
-    torch.manual_seed(0)
-    card = ModelCard(
-        arch="resnet18",
-        input_size=64,
-        mean=0.5,
-        std=0.25,
-        temperature=1.0,
-        operating_points={
-            "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
-            "screening": {"threshold": 0.2, "sensitivity": 0.95, "specificity": 0.6},
-            "rule_in": {"threshold": 0.8, "sensitivity": 0.6, "specificity": 0.95},
-        },
-    )
-    card_path = save_checkpoint(create_model("resnet18").eval(), card, folder / "classifier.json") and folder / "classifier.json"
+    card_path = make_tiny_checkpoint(folder, temperature=1.0, arch="resnet18", size=64)
     pytest.MonkeyPatch().setenv("GRADIO_EXAMPLES_CACHE", str(folder / "examples_cache"))
     return Pipeline(Classifier.load(card_path))
 

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.tiny import synthetic_radiograph
+from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai import DISCLAIMER
 from xray_xai.__main__ import main as cli_main
 from xray_xai.classifier import Classifier
 from xray_xai.imaging import InputError
-from xray_xai.model import ModelCard, create_model, save_checkpoint
 from xray_xai.pipeline import Options, Pipeline
 
 SIZE = 64
@@ -23,22 +21,12 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    card = ModelCard(
-        arch="resnet18",
-        input_size=SIZE,
-        mean=0.5,
-        std=0.25,
-        temperature=2.0,
-        operating_points={
-            "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
-            "screening": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0},
-            "rule_in": {"threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0},
-        },
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "classifier.json"
-    save_checkpoint(create_model("resnet18").eval(), card, path)
-    return path
+    points = {
+        "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
+        "screening": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0},
+        "rule_in": {"threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0},
+    }
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), temperature=2.0, arch="resnet18", size=SIZE, operating_points=points)
 
 
 @pytest.fixture(scope="module")

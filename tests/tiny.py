@@ -15,21 +15,31 @@ TINY_ARCH = "resnet10t"
 TINY_SIZE = 32
 
 
-def make_tiny_checkpoint(folder: Path, temperature: float = 1.5, seed: int = 0) -> Path:
-    """A randomly initialised resnet10t at 32 px with a complete model card; returns the card path."""
+DEFAULT_POINTS = {
+    "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
+    "screening": {"threshold": 0.2, "sensitivity": 0.95, "specificity": 0.6},
+    "rule_in": {"threshold": 0.8, "sensitivity": 0.6, "specificity": 0.95},
+}
+
+
+def make_tiny_checkpoint(
+    folder: Path,
+    temperature: float = 1.5,
+    seed: int = 0,
+    arch: str = TINY_ARCH,
+    size: int = TINY_SIZE,
+    operating_points: dict | None = None,
+) -> Path:
+    """A randomly initialised timm model (resnet10t at 32 px by default) with a complete model card."""
     torch.manual_seed(seed)
-    model = create_model(TINY_ARCH).eval()
+    model = create_model(arch).eval()
     card = ModelCard(
-        arch=TINY_ARCH,
-        input_size=TINY_SIZE,
+        arch=arch,
+        input_size=size,
         mean=0.5,
         std=0.25,
         temperature=temperature,
-        operating_points={
-            "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
-            "screening": {"threshold": 0.2, "sensitivity": 0.95, "specificity": 0.6},
-            "rule_in": {"threshold": 0.8, "sensitivity": 0.6, "specificity": 0.95},
-        },
+        operating_points=operating_points or DEFAULT_POINTS,
     )
     path = Path(folder) / "classifier.json"
     save_checkpoint(model, card, path)
