@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from xray_xai import DISCLAIMER
 from xray_xai.pipeline import Result
@@ -59,8 +60,10 @@ def test_ui_values_match_outputs_and_json_download(tmp_path):
     values = ui_values(_result(), opacity=0.5, outline=True)
     assert len(values) == len(UI_OUTPUTS)
     named = dict(zip(UI_OUTPUTS, values))
-    assert named["original"].shape == (120, 90) and named["original"].dtype == np.uint8
-    assert named["gradcam"].shape == (120, 90, 3)
+    with Image.open(named["original"]) as original, Image.open(named["gradcam"]) as gradcam:
+        assert original.format == gradcam.format == "PNG"
+        assert (original.mode, original.size) == ("L", (90, 120)) and (gradcam.mode, gradcam.size) == ("RGB", (90, 120))
+        assert np.array_equal(np.asarray(gradcam), _result().overlays(0.5, True)["gradcam"])  # lossless
     assert named["occlusion"] is None  # not computed yet
     payload = json.loads(open(named["json"]).read())
     assert payload["disclaimer"] == DISCLAIMER and payload["prediction"]["probability"] == pytest.approx(0.93)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from . import DISCLAIMER
 from .imaging import InputError
@@ -24,8 +26,8 @@ from .report import method_name, percent
 from .results import BAND_EXPLANATION, Agreement, Prediction
 
 BAND_COLOURS = {"High": "#1b7f3b", "Moderate": "#b7791f", "Low": "#9b2c2c"}
-JSON_MAX_AGE_S = 3600
-_json_dir = tempfile.TemporaryDirectory(prefix="xray_xai_json_")
+OUTPUT_MAX_AGE_S = 3600
+_out_dir = tempfile.TemporaryDirectory(prefix="xray_xai_out_")  # removed when the app exits
 
 AGREEMENT_HELP = (
     "Agreement compares the Grad-CAM and occlusion maps on the occlusion grid: Spearman rank "
@@ -82,17 +84,33 @@ def alerts_markdown(result: Result) -> str:
     return "\n\n".join(f"⚠️ {line}" for line in lines)
 
 
+def _output_path(suffix: str) -> str:
+    """A fresh file in the app's temporary output folder, pruning files older than an hour."""
+    folder = Path(_out_dir.name)
+    now = time.time()
+    for old in folder.iterdir():
+        if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+            old.unlink(missing_ok=True)
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="analysis_", dir=folder)
+    os.close(handle)
+    return path
+
+
 def write_json(result: Result) -> str:
     """The whole analysis as a JSON file for download (temporary; pruned after an hour)."""
-    folder = Path(_json_dir.name)
-    now = time.time()
-    for old in folder.glob("*.json"):
-        if now - old.stat().st_mtime > JSON_MAX_AGE_S:
-            old.unlink(missing_ok=True)
-    payload = {**result.to_json(), "disclaimer": DISCLAIMER}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="analysis_", dir=folder, delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    return handle.name
+    path = _output_path(".json")
+    Path(path).write_text(json.dumps({**result.to_json(), "disclaimer": DISCLAIMER}, indent=2))
+    return path
+
+
+def write_png(image: np.ndarray | None) -> str | None:
+    """A lossless PNG of an image array, written with light compression: Gradio's own PNG
+    encoding of arrays took ~4x longer and dominated the time to the first answer."""
+    if image is None:
+        return None
+    path = _output_path(".png")
+    Image.fromarray(image).save(path, compress_level=1)
+    return path
 
 
 def ui_values(result: Result, opacity: float, outline: bool) -> tuple[Any, ...]:
@@ -102,9 +120,9 @@ def ui_values(result: Result, opacity: float, outline: bool) -> tuple[Any, ...]:
     return (
         badge_html(analysis.prediction, analysis.ood.flagged),
         label_value(analysis.prediction),
-        _uint8(result.pixels),
-        overlays.get("gradcam"),
-        overlays.get("occlusion"),
+        write_png(_uint8(result.pixels)),
+        write_png(overlays.get("gradcam")),
+        write_png(overlays.get("occlusion")),
         agreement_markdown(analysis.agreement),
         legend_markdown(result),
         alerts_markdown(result),
@@ -205,7 +223,7 @@ class Handlers:
 
     def explain(
         self, image: str, operating_point: str = "balanced", cam_method: str = "gradcam", occlusion: str = "fast"
-    ) -> tuple[str, float, str, np.ndarray, np.ndarray, dict, str, dict]:
+    ) -> tuple[str, float, str, str, str, dict, str, dict]:
         """Classify a chest radiograph and explain the answer with Grad-CAM and occlusion.
 
         Args:
@@ -233,8 +251,8 @@ class Handlers:
             analysis.prediction.label,
             analysis.prediction.probability,
             analysis.prediction.band,
-            overlays["gradcam"],
-            overlays["occlusion"],
+            write_png(overlays["gradcam"]),
+            write_png(overlays["occlusion"]),
             payload["agreement"],
             analysis.report,
             payload,
