@@ -130,3 +130,26 @@ def test_fuzz_corpus_through_the_whole_analysis(pipeline):
         assert all(np.isfinite(m).all() for m in result.maps.values()), name
         assert DISCLAIMER in result.analysis.report, name
     assert analysed >= 10  # the odd-but-valid files really were analysed
+
+
+def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_path, caplog):
+    """Name, id and dates in a DICOM header appear nowhere: report, JSON, warnings, CLI rows, logs."""
+    from tests.fuzz_corpus import PHI_ID, PHI_NAME, dicom_bytes, synthetic_radiograph as chest
+
+    stored = np.round(chest(200, 240) * 4095).astype(np.uint16)
+    path = tmp_path / "export"  # no extension: recognised by content
+    path.write_bytes(dicom_bytes(np.stack([stored, stored]), photometric="MONOCHROME1", frames=2))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(dicom_bytes(stored, pixel_data=False))
+    result = pipeline.analyze(path)
+    texts = [json.dumps(result.to_json()), result.analysis.report, *result.analysis.input_warnings]
+    with pytest.raises(InputError) as error:
+        pipeline.analyze(broken)
+    texts.append(str(error.value))
+    out = tmp_path / "out"
+    cli_main(["analyze", str(path), str(broken), "--out", str(out), "--checkpoint", str(checkpoint), "--no-occlusion"])
+    texts.append((out / "results.jsonl").read_text())
+    texts.append(caplog.text)
+    for secret in (PHI_NAME, "Doe", "Jane", PHI_ID):
+        assert not any(secret in text for text in texts), secret
+    assert result.analysis.input_warnings  # the second frame was dropped, with a warning
