@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -117,9 +118,11 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
-    demo = build_demo(Handlers(Pipeline.load()))
+    pipeline = Pipeline.load()
+    demo = build_demo(Handlers(pipeline))
     demo.queue(max_size=32, default_concurrency_limit=1)
     demo.launch(
+        prevent_thread_lock=True,
         server_name=args.host,
         server_port=args.port,
         max_file_size="50mb",
@@ -128,6 +131,9 @@ def main() -> None:
         css=CSS,
         footer_links=["api"],
     )
+    # Serve first, then pay for lazy imports and first-call set-up before the first user does.
+    threading.Thread(target=pipeline.warm_up, name="warm-up", daemon=True).start()
+    demo.block_thread()
 
 
 if __name__ == "__main__":

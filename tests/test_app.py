@@ -142,3 +142,36 @@ def test_browser_click_example(app_url, tmp_path):
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_app_py_starts_and_answers_on_the_committed_checkpoint(tmp_path):
+    """``python app.py`` as the README runs it: serves, answers, and its background warm-up does not fail."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_EXAMPLES_CACHE": str(tmp_path / "cache")}
+    log = (tmp_path / "app.log").open("w")
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert process.poll() is None and time.time() < deadline, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        example = sorted((ROOT / "examples" / "PNEUMONIA").glob("*.jpeg"))[0]
+        label, probability, band = client.predict(gradio_client.handle_file(str(example)), "balanced", api_name="/predict")
+        assert label in ("NORMAL", "PNEUMONIA") and 0.0 <= probability <= 1.0 and band in ("High", "Moderate", "Low")
+        explained = client.predict(gradio_client.handle_file(str(example)), "balanced", "gradcam", "fast", api_name="/explain")
+        assert DISCLAIMER in explained[6]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "app.log").read_text()
+    assert "Traceback" not in output and "Exception in thread" not in output, output

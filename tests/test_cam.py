@@ -10,7 +10,8 @@ import torch
 from test_occlusion import toy_case
 from torch import nn
 
-from xray_xai.cam import CAM_METHODS, CamError, compute_cam, find_target_layer
+from xray_xai import cam as cam_module
+from xray_xai.cam import CAM_METHODS, CamError, cam_class, compute_cam, find_target_layer
 from xray_xai.model import create_model
 
 
@@ -90,13 +91,13 @@ def test_no_hooks_left_after_100_calls(model, image):
 def test_the_model_itself_never_carries_cam_hooks(model, image, monkeypatch):
     seen = []
 
-    class Spy(CAM_METHODS["gradcam"]):
+    class Spy(cam_class("gradcam")):
         def forward(self, *args, **kwargs):
             seen.append(hook_count(model))  # other threads may be running this model now
             assert hook_count(self.model) > 0  # the hooks live on the private copy
             return super().forward(*args, **kwargs)
 
-    monkeypatch.setitem(CAM_METHODS, "gradcam", Spy)
+    monkeypatch.setattr(cam_module, "cam_class", lambda method: Spy)
     compute_cam(model, image)
     assert seen == [0]
 

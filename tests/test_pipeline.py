@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +155,19 @@ def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_p
     for secret in (PHI_NAME, "Doe", "Jane", PHI_ID):
         assert not any(secret in text for text in texts), secret
     assert result.analysis.input_warnings  # the second frame was dropped, with a warning
+
+
+def test_heavy_packages_wait_for_the_warm_up(checkpoint):
+    """Start-up stays light: the CAM package and scikit-learn load on first use (the app's warm-up)."""
+    script = (
+        "import sys\n"
+        "from xray_xai.classifier import Classifier\n"
+        "from xray_xai.pipeline import Pipeline\n"
+        "heavy = ('pytorch_grad_cam', 'sklearn')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "Pipeline(Classifier.load(sys.argv[1])).warm_up()\n"
+        "print('pytorch_grad_cam' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script, str(checkpoint)], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "True"]

@@ -7,29 +7,32 @@ no hooks, so other threads running the real model never see the CAM's hooks and 
 parameters, their ``.grad`` and its train/eval mode stay untouched. The CAM object is used as
 a context manager (its hooks are removed on exit) and calls are serialised by a module-level
 lock.
+
+pytorch-grad-cam (with torchvision's detection ops, scikit-learn's decomposition and
+matplotlib behind it) is imported on the first CAM, not with this module: the app starts
+seconds sooner and warms it up in the background (:meth:`xray_xai.pipeline.Pipeline.warm_up`).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import threading
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
-# Name -> class. All weight the last stage's activations by the gradient of the logit:
+# Name -> class name in pytorch_grad_cam. All weight the last stage's activations by the gradient of the logit:
 # Grad-CAM by the channel-mean gradient, HiResCAM element-wise (provably faithful to the
 # logit for a global-average-pooled head), Grad-CAM++ with higher-order weights, LayerCAM by
 # the positive gradient at each position.
-CAM_METHODS: dict[str, type] = {
-    "gradcam": GradCAM,
-    "hirescam": HiResCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "layercam": LayerCAM,
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "hirescam": "HiResCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "layercam": "LayerCAM",
 }
 CAM_NAMES = {
     "gradcam": "Grad-CAM",
@@ -43,6 +46,13 @@ _LOCK = threading.Lock()
 
 class CamError(ValueError):
     """An unknown CAM method, an unsupported model or an invalid input."""
+
+
+def cam_class(method: str) -> type:
+    """The pytorch-grad-cam class of a method name (imports the package on first use)."""
+    if method not in CAM_METHODS:
+        raise CamError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    return getattr(importlib.import_module("pytorch_grad_cam"), CAM_METHODS[method])
 
 
 def find_target_layer(model: nn.Module) -> nn.Module:
@@ -70,8 +80,7 @@ def compute_cam(
     and min-max scales it per image, so 1 is this image's strongest evidence and a map with
     no positive evidence at all is all zeros. Works inside ``torch.inference_mode()``.
     """
-    if method not in CAM_METHODS:
-        raise CamError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    method_class = cam_class(method)
     if target_class not in (0, 1):
         raise CamError(f"target_class must be 0 or 1, got {target_class!r}")
     if x.ndim != 4 or x.shape[0] != 1:
@@ -84,8 +93,9 @@ def compute_cam(
             raise CamError("target_layer is not a submodule of the model")
         x = x.detach().clone().requires_grad_(True)  # a normal tensor even if x is an inference tensor
         heat = None
-        with CAM_METHODS[method](model=private, target_layers=[copies[id(layer)]]) as cam:
-            heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target_class)])
+        target = importlib.import_module("pytorch_grad_cam.utils.model_targets").BinaryClassifierOutputTarget(target_class)
+        with method_class(model=private, target_layers=[copies[id(layer)]]) as cam:
+            heat = cam(input_tensor=x, targets=[target])
     if heat is None:  # the package's __exit__ swallows IndexError
         raise CamError(f"{method} failed on an input of shape {tuple(x.shape)}")
     return heat[0].astype(np.float32)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.covariance import LedoitWolf
 
 from .imaging import LoadedImage
 from .preprocess import to_model_size
@@ -30,6 +29,8 @@ def penultimate_features(model: torch.nn.Module, batch: torch.Tensor) -> torch.T
 
 def fit_feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and shrunk precision matrix of training features ``(n, d)``."""
+    from sklearn.covariance import LedoitWolf  # training-time only; keeps scikit-learn out of the app's start-up
+
     estimator = LedoitWolf().fit(np.asarray(features, dtype=np.float64))
     return estimator.location_.astype(np.float32), estimator.precision_.astype(np.float32)
 

@@ -7,6 +7,7 @@ The app streams the first result, then the complete one; the CLI calls ``analyze
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,9 +152,23 @@ class Pipeline:
     def analyze(self, source: str | os.PathLike | bytes, options: Options = Options(), progress=None) -> Result:
         return self.complete(self.first_pass(source, options), options, progress)
 
+    def warm_up(self) -> None:
+        """Run one full analysis of a synthetic film, so that the first user does not pay for
+        lazy imports (pytorch-grad-cam), first-call kernel set-up and BatchNorm folding."""
+        self.analyze(_synthetic_png())
+
     def _target_class(self, prediction: Prediction, options: Options) -> int:
         classes = self.classifier.card.classes
         return classes.index("PNEUMONIA") if options.explain == "pneumonia" else classes.index(prediction.label)
+
+
+def _synthetic_png() -> bytes:
+    """A smooth 256 x 256 grayscale test pattern, PNG-encoded in memory."""
+    yy, xx = np.mgrid[0:256, 0:256]
+    pattern = 128 + 60 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
+    buffer = io.BytesIO()
+    Image.fromarray(pattern.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _display(pixels: np.ndarray) -> np.ndarray:
