@@ -158,16 +158,30 @@ def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_p
 
 
 def test_heavy_packages_wait_for_the_warm_up(checkpoint):
-    """Start-up stays light: the CAM package and scikit-learn load on first use (the app's warm-up)."""
+    """Start-up stays light: the CAM package, scikit-learn and scipy.stats load on first use (the app's warm-up)."""
     script = (
         "import sys\n"
         "from xray_xai.classifier import Classifier\n"
         "from xray_xai.pipeline import Pipeline\n"
-        "heavy = ('pytorch_grad_cam', 'sklearn')\n"
+        "heavy = ('pytorch_grad_cam', 'sklearn', 'scipy.stats')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "Pipeline(Classifier.load(sys.argv[1])).warm_up()\n"
-        "print('pytorch_grad_cam' in sys.modules)\n"
+        "print(all(m in sys.modules for m in ('pytorch_grad_cam', 'scipy.stats')))\n"
     )
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", script, str(checkpoint)], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]", "True"]
+
+
+def test_shortcut_thresholds_come_from_the_classifier_card(checkpoint, tmp_path):
+    """They are fitted on this classifier's maps, so they travel with its model card."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint.parent, folder)
+    card = folder / checkpoint.name
+    raw = json.loads(card.read_text())
+    raw["explanations"] = {"shortcut_threshold": {"gradcam": 0.12, "occlusion": 0.34}}
+    card.write_text(json.dumps(raw))
+    assert Pipeline(Classifier.load(card)).shortcut_threshold == {"gradcam": 0.12, "occlusion": 0.34}
+    assert Pipeline(Classifier.load(checkpoint)).shortcut_threshold == {}

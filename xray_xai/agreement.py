@@ -12,7 +12,6 @@ import math
 
 import cv2
 import numpy as np
-from scipy.stats import spearmanr
 
 from .results import Agreement
 
@@ -45,6 +44,8 @@ def agreement(
         y0, y1, x0, x1 = region
         cam_map, occlusion_map = cam_map[y0:y1, x0:x1], occlusion_map[y0:y1, x0:x1]
     a, b = downsample(cam_map, grid).ravel(), downsample(occlusion_map, grid).ravel()
+    from scipy.stats import spearmanr  # on first use: scipy.stats adds ~1 s to the app's start-up
+
     rho = spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else math.nan
     rho = 0.0 if math.isnan(rho) else float(rho)  # a constant map orders nothing
     top_a, top_b = top_mask(a, TOP_FRACTION), top_mask(b, TOP_FRACTION)
