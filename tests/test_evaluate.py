@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.classifier import Classifier
-from xray_xai.evaluate import bootstrap_auroc_ci, compute_metrics, main, threshold_metrics
+from xray_xai.evaluate import bootstrap_auroc_ci, compute_metrics, main, paired_auroc_difference, threshold_metrics
 from xray_xai.model import ModelCard, sha256_file
 
 OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}
@@ -81,6 +81,36 @@ def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):
     assert any("one class" in note for note in metrics["notes"])
     assert metrics["operating_points"]["balanced"]["sensitivity"] is None
     assert (tmp_path / "out" / "reliability.png").exists() and not (tmp_path / "out" / "roc.png").exists()
+
+
+def test_cli_val_split_and_versus(tiny, tmp_path):
+    root, checkpoint, data = tiny
+    val = ["IM-1001", "person102"]
+    (checkpoint.parent / "classifier_val_patients.json").write_text(json.dumps({"patients": val}))
+    other = make_tiny_checkpoint(tmp_path / "other", temperature=1.0, seed=1)
+    args = ["--data", str(data), "--checkpoint", str(checkpoint), "--bootstrap", "50", "--threads", "1"]
+    metrics = main([*args, "--out", str(tmp_path / "val"), "--split", "val", "--versus", str(other)])
+    assert metrics["split"] == "val" and metrics["n"] == 2 and metrics["counts"] == {"NORMAL": 1, "PNEUMONIA": 1}
+    versus = metrics["versus"]
+    assert versus["checkpoint_sha256"] == sha256_file(other.with_suffix(".safetensors"))
+    assert versus["auroc_difference"]["difference"] == pytest.approx(metrics["auroc"] - versus["auroc"])
+    (checkpoint.parent / "classifier_val_patients.json").unlink()
+    with pytest.raises(SystemExit, match="classifier_val_patients.json"):
+        main([*args, "--out", str(tmp_path / "none"), "--split", "val"])
+
+
+def test_paired_auroc_difference_is_zero_against_itself_and_signed():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    good = labels + rng.normal(0, 0.5, 100)
+    bad = labels + rng.normal(0, 2.0, 100)
+    same = paired_auroc_difference(labels, good, good, 100)
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    better = paired_auroc_difference(labels, good, bad, 300)
+    assert better["difference"] == pytest.approx(roc_auc_score(labels, good) - roc_auc_score(labels, bad))
+    lo, hi = better["ci95"]
+    assert 0 < lo <= better["difference"] <= hi
+    assert paired_auroc_difference(np.zeros(4), good[:4], bad[:4]) is None
 
 
 def test_threshold_metrics_known_confusion():

@@ -7,6 +7,7 @@ by image: otherwise near-identical images sit on both sides and validation score
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +86,11 @@ def split_with_patients(samples: list[Sample], val_patients: set[str]) -> tuple[
     train = [s for s in samples if s.patient not in val_patients]
     val = [s for s in samples if s.patient in val_patients]
     return train, val
+
+
+def validation_samples(samples: list[Sample], checkpoint: str | Path) -> list[Sample]:
+    """The samples of a checkpoint's validation patients (ids saved next to its model card)."""
+    ids_path = Path(checkpoint).parent / "classifier_val_patients.json"
+    if not ids_path.is_file():
+        raise FileNotFoundError(f"The validation split needs the patient ids in {ids_path} (written by training).")
+    return split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]

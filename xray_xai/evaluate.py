@@ -1,12 +1,17 @@
 """Score a classifier checkpoint on a labelled folder and write metrics and plots.
 
-    python -m xray_xai.evaluate --data DIR --out OUT [--checkpoint PATH] [--batch-size N] [--bootstrap N]
+    python -m xray_xai.evaluate --data DIR --out OUT [--checkpoint PATH] [--split all|val] [--versus PATH]
 
 ``DIR`` is any ``DIR/{NORMAL,PNEUMONIA}/*`` folder, at any resolution: images are decoded by the
 app's loader and preprocessed by :meth:`Classifier.prepare`, exactly as an upload would be.
 Writes ``OUT/metrics.json``, ``OUT/predictions.csv`` and PNG plots (ROC, precision-recall,
 reliability before/after temperature scaling, one confusion matrix per operating point).
 Thresholds come from the model card (fitted on validation); nothing is re-fitted here.
+
+``--split val`` keeps only the checkpoint's validation patients (``DIR`` = the training folder),
+so any checkpoint's validation numbers can be reproduced. ``--versus PATH`` scores a second
+checkpoint on the same images and adds a paired bootstrap of the AUROC difference (this one
+minus that one): the architecture comparison in the README comes from it.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from tqdm import tqdm  # noqa: E402
 from . import CLASSES  # noqa: E402
 from .calibration import OPERATING_POINTS, brier, ece, reliability_bins, sigmoid  # noqa: E402
 from .classifier import Classifier  # noqa: E402
-from .data import Sample, list_samples  # noqa: E402
+from .data import Sample, list_samples, validation_samples  # noqa: E402
 from .imaging import InputError, load_image  # noqa: E402
 from .model import DEFAULT_CHECKPOINT  # noqa: E402
 
@@ -119,6 +124,37 @@ def bootstrap_auroc_ci(labels: np.ndarray, scores: np.ndarray, n_resamples: int 
         return None
     tail = 100 * (1 - CI_LEVEL) / 2
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def paired_auroc_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict | None:
+    """AUROC of scores ``a`` minus that of ``b`` on the same images, with a paired percentile
+    bootstrap interval (95%; the same resampled images score both)."""
+    labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
+    if not both_classes(labels):
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        if both_classes(labels[index]):
+            values.append(roc_auc_score(labels[index], a[index]) - roc_auc_score(labels[index], b[index]))
+    tail = 100 * (1 - CI_LEVEL) / 2
+    interval = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if values else None
+    return {"difference": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci95": interval}
+
+
+def versus_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifier, other: Classifier, other_logits: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    """Side-by-side numbers of a second checkpoint scored on the same images."""
+    probs, other_probs = calibrated(classifier, logits), calibrated(other, other_logits)
+    ranked = both_classes(labels)
+    return {
+        "arch": other.card.arch,
+        "checkpoint_sha256": other.card.sha256,
+        "auroc": float(roc_auc_score(labels, other_probs)) if ranked else None,
+        "ece": ece(other_probs, labels),
+        "brier": brier(other_probs, labels),
+        "auroc_difference": paired_auroc_difference(labels, probs, other_probs, n_bootstrap, seed),
+    }
 
 
 def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
@@ -251,6 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/ subfolders")
     parser.add_argument("--out", required=True, help="output folder for metrics.json and plots")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
+    parser.add_argument("--split", choices=("all", "val"), default="all", help="val: only the checkpoint's validation patients")
+    parser.add_argument("--versus", default=None, help="a second model card to compare with on the same images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -263,8 +301,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint)
     samples = list_samples(args.data)
+    if args.split == "val":
+        try:
+            samples = validation_samples(samples, args.checkpoint)
+        except FileNotFoundError as error:
+            raise SystemExit(str(error)) from None
     if not samples:
-        raise SystemExit(f"No images found under {args.data}/{{{','.join(CLASSES)}}}.")
+        raise SystemExit(f"No images found under {args.data}/{{{','.join(CLASSES)}}} (split {args.split}).")
     scored = score_samples(classifier, samples, args.batch_size)
     if not scored.samples:
         raise SystemExit(f"None of the {len(samples)} images under {args.data} could be read.")
@@ -278,13 +321,20 @@ def main(argv: list[str] | None = None) -> dict:
         arch=classifier.card.arch,
         input_size=classifier.input_size,
         checkpoint_sha256=classifier.card.sha256,  # verified against the file on load
+        split=args.split,
         failed={"count": len(scored.failures), "files": [{"file": f, "reason": r} for f, r in scored.failures]},
     )
+    if args.versus:
+        other = Classifier.load(args.versus)
+        other_logits = score_samples(other, scored.samples, args.batch_size).logits
+        metrics["versus"] = versus_metrics(labels, scored.logits, classifier, other, other_logits, args.bootstrap, args.seed)
     metrics["plots"] = save_plots(out, labels, scored.logits, classifier, metrics)
     write_predictions(out / "predictions.csv", scored, calibrated(classifier, scored.logits))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "brier")}
     summary["accuracy_at_balanced"] = metrics["operating_points"].get("balanced", {}).get("accuracy")
+    if "versus" in metrics:
+        summary["versus"] = {k: metrics["versus"][k] for k in ("arch", "auroc", "auroc_difference")}
     print(json.dumps(summary))
     return metrics
 

@@ -45,7 +45,7 @@ from . import CLASSES  # noqa: E402
 from .anatomy import OUTSIDE, zone_shares  # noqa: E402
 from .cam import compute_cam  # noqa: E402
 from .classifier import Classifier  # noqa: E402
-from .data import Sample, list_samples, split_with_patients  # noqa: E402
+from .data import Sample, list_samples, validation_samples  # noqa: E402
 from .imaging import InputError, load_image  # noqa: E402
 from .model import DEFAULT_CHECKPOINT  # noqa: E402
 from .occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
@@ -160,10 +160,10 @@ def select_samples(args: argparse.Namespace) -> list[Sample]:
     """Images of the requested classes (and split), a seeded random subset of ``--limit`` of them."""
     samples = list_samples(args.data)
     if args.split == "val":
-        ids_path = Path(args.checkpoint).parent / "classifier_val_patients.json"
-        if not ids_path.is_file():
-            raise SystemExit(f"--split val needs the validation patient ids in {ids_path} (written by training).")
-        samples = split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]
+        try:
+            samples = validation_samples(samples, args.checkpoint)
+        except FileNotFoundError as error:
+            raise SystemExit(str(error)) from None
     samples = [s for s in samples if CLASSES[s.label] in args.classes]
     if args.limit and len(samples) > args.limit:
         keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.limit, replace=False))
