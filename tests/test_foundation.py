@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,18 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, batch)
     assert torch.equal(out, augment(batch, cfg, torch.Generator().manual_seed(1)))
+
+
+def test_gamma_augmentation_is_one_exposure_curve_per_image():
+    batch = torch.rand(4, 1, 16, 16) * 0.9 + 0.05
+    still = dict(max_rotation_deg=0.0, max_translation=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0)
+    assert torch.allclose(augment(batch, TrainConfig(**still), torch.Generator().manual_seed(0)), batch, atol=1e-6)
+    out = augment(batch, TrainConfig(**still, gamma=0.4), torch.Generator().manual_seed(0))
+    exponents = torch.log(out) / torch.log(batch)  # out = batch ** g, one g per image
+    per_image = exponents.view(4, -1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-3)
+    assert ((per_image[:, 0] > math.exp(-0.4) - 1e-4) & (per_image[:, 0] < math.exp(0.4) + 1e-4)).all()
+    assert per_image[:, 0].std() > 0.01
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

@@ -55,6 +55,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.1
     contrast: float = 0.2
+    gamma: float = 0.0  # exposure curve: pixels ** exp(U(-gamma, gamma))
     horizontal_flip: bool = False
 
 
@@ -69,8 +70,8 @@ def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
 def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Radiograph-safe augmentation of [0, 1] pixels, batched with one ``grid_sample``.
 
-    Small rotation, translation and scale (patient positioning varies), brightness and
-    contrast (exposure varies). No horizontal flip by default: chest anatomy is not
+    Small rotation, translation and scale (patient positioning varies), gamma, brightness and
+    contrast (exposure and processing vary). No horizontal flip by default: chest anatomy is not
     left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film
     is not a realistic input, and the report names the patient's side from the map.
     """
@@ -89,6 +90,8 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
         theta[:, :, 0] *= flip[:, None]
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.gamma > 0:
+        out = out.clamp_min(0) ** torch.exp(uniform(-cfg.gamma, cfg.gamma)).view(n, 1, 1, 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
@@ -163,7 +166,10 @@ def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> flo
 
 
 def train(args: argparse.Namespace) -> ModelCard:
-    cfg = TrainConfig(arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(
+        arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        brightness=args.brightness, contrast=args.contrast, gamma=args.gamma,
+    )
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -329,6 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--brightness", type=float, default=defaults.brightness, help="augmentation: +- this shift of [0, 1] pixels")
+    parser.add_argument("--contrast", type=float, default=defaults.contrast, help="augmentation: contrast factor in 1 +- this")
+    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="augmentation: pixels ** exp(U(-gamma, gamma))")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--limit", type=int, default=0, help="use only this many images (smoke tests)")
     return parser.parse_args(argv)
