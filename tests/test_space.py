@@ -67,3 +67,13 @@ def test_ui_values_match_outputs_and_json_download(tmp_path):
     assert named["occlusion"] is None  # not computed yet
     payload = json.loads(open(named["json"]).read())
     assert payload["disclaimer"] == DISCLAIMER and payload["prediction"]["probability"] == pytest.approx(0.93)
+
+
+def test_first_answer_has_no_json_yet_and_the_final_one_skips_what_is_shown():
+    import gradio as gr
+
+    first = dict(zip(UI_OUTPUTS, ui_values(_result(), 0.5, True, final=False)))
+    assert first["json"] is None and first["original"] and first["gradcam"]
+    final = dict(zip(UI_OUTPUTS, ui_values(_result(), 0.5, True, unchanged=("original", "gradcam"))))
+    assert final["original"] == final["gradcam"] == gr.skip()
+    assert final["json"] and final["report"] and final["badge"]

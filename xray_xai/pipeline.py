@@ -11,7 +11,7 @@ import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -67,10 +67,11 @@ class Result:
     lung: LungMask | None = None
     model_input: torch.Tensor | None = field(default=None, repr=False)
 
-    def overlays(self, opacity: float = 0.45, outline: bool = True) -> dict[str, np.ndarray]:
-        """RGB uint8 overlays on the upload's own size and aspect ratio, one per map."""
+    def overlays(self, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """RGB uint8 overlays on the upload's own size and aspect ratio, one per map (or per name in ``maps``)."""
         contour = self.lung.mask if (outline and self.lung is not None and self.lung.ok) else None
-        return {name: overlay(self.pixels, heat, opacity=opacity, outline=contour) for name, heat in self.maps.items()}
+        names = self.maps if maps is None else maps
+        return {name: overlay(self.pixels, self.maps[name], opacity=opacity, outline=contour) for name in names}
 
     def to_json(self) -> dict:
         return to_jsonable(self.analysis)
@@ -82,9 +83,9 @@ class Pipeline:
     def __init__(self, classifier: Classifier, segmenter: LungSegmenter | None = None) -> None:
         self.classifier = classifier
         self.segmenter = segmenter
-        card = getattr(segmenter, "card", None)
-        # Per-method thresholds fitted on validation live in the lung card; anatomy has the default.
-        self.shortcut_threshold = dict(getattr(card, "shortcut_threshold", None) or {})
+        # Per-method thresholds are fitted on validation for this classifier's maps (its model
+        # card); without them anatomy uses its default.
+        self.shortcut_threshold = dict(classifier.card.explanations.get("shortcut_threshold", {}))
 
     @classmethod
     def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT) -> "Pipeline":

@@ -113,22 +113,29 @@ def write_png(image: np.ndarray | None) -> str | None:
     return path
 
 
-def ui_values(result: Result, opacity: float, outline: bool) -> tuple[Any, ...]:
-    """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`."""
-    overlays = result.overlays(opacity, outline)
+def ui_values(result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = ()) -> tuple[Any, ...]:
+    """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`.
+
+    ``final=False`` marks a stream's first answer: the JSON download is cleared, not written,
+    until the analysis is whole. Outputs named in ``unchanged`` get ``gr.skip()``: Gradio
+    neither re-encodes nor re-sends what the first answer already shows.
+    """
     analysis = result.analysis
-    return (
-        badge_html(analysis.prediction, analysis.ood.flagged),
-        label_value(analysis.prediction),
-        write_png(_uint8(result.pixels)),
-        write_png(overlays.get("gradcam")),
-        write_png(overlays.get("occlusion")),
-        agreement_markdown(analysis.agreement),
-        legend_markdown(result),
-        alerts_markdown(result),
-        analysis.report,
-        write_json(result),
-    )
+    maps = [name for name in ("gradcam", "occlusion") if name not in unchanged and name in result.maps]
+    overlays = result.overlays(opacity, outline, maps)
+    values = {
+        "badge": badge_html(analysis.prediction, analysis.ood.flagged),
+        "label": label_value(analysis.prediction),
+        "original": None if "original" in unchanged else write_png(_uint8(result.pixels)),
+        "gradcam": write_png(overlays.get("gradcam")),
+        "occlusion": write_png(overlays.get("occlusion")),
+        "agreement": agreement_markdown(analysis.agreement),
+        "legend": legend_markdown(result),
+        "alerts": alerts_markdown(result),
+        "report": analysis.report,
+        "json": write_json(result) if final else None,
+    }
+    return tuple(gr.skip() if name in unchanged else values[name] for name in UI_OUTPUTS)
 
 
 UI_OUTPUTS = ("badge", "label", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
@@ -198,9 +205,9 @@ class Handlers:
         """First answer (prediction + Grad-CAM), then the complete analysis with occlusion."""
         options = _options(operating_point, cam_method, occlusion)
         first = self.pipeline.first_pass(self.pick_source(image_path, file_path), options)
-        yield ui_values(first, opacity, outline)
+        yield ui_values(first, opacity, outline, final=False)
         report = (lambda done, total: progress((done, total), desc="Occlusion sensitivity")) if progress else None
-        yield ui_values(self.pipeline.complete(first, options, report), opacity, outline)
+        yield ui_values(self.pipeline.complete(first, options, report), opacity, outline, unchanged=("original", "gradcam"))
 
     def example(self, image_path: str) -> tuple[Any, ...]:
         """Full analysis of an example with the default settings (cached lazily by Gradio)."""
