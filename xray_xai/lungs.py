@@ -52,8 +52,6 @@ class LungCard:
 
     ``input_size`` is the network's working resolution; ``output_size`` is the size of the
     returned mask (the classifier's input size, in the same squashed frame).
-    ``shortcut_threshold`` holds, per explanation method, the outside-lung share above which an
-    explanation is flagged (see :mod:`xray_xai.anatomy`).
     """
 
     arch: str = "smp.Unet"
@@ -64,7 +62,6 @@ class LungCard:
     mean: float = 0.5
     std: float = 0.25
     plausibility: dict[str, Any] = field(default_factory=lambda: asdict(PlausibilityRules()))
-    shortcut_threshold: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

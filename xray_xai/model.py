@@ -43,6 +43,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] = field(default_factory=dict)
+    explanations: dict[str, Any] = field(default_factory=dict)  # e.g. shortcut_threshold per method
     latency: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     sha256: str = ""
