@@ -243,5 +243,19 @@ def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
     classifier = Classifier.load(tmp_path / "ckpt" / "classifier.json")
     assert 0 <= classifier.predict(smooth_image(50, 40)).probability <= 1
 
+    assert card["validation"]["stored_weights_max_abs_prob_diff"] <= 1e-3
+    assert card["weights_dtype"].startswith("float16")
+
     train_main(argv)
     assert "resuming after epoch 2" in capsys.readouterr().out
+
+
+def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):
+    import xray_xai.train as train_module
+
+    monkeypatch.setattr(train_module, "FP16_TOLERANCE", -1.0)  # no float16 file is close enough
+    make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
+    train_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"), "--work", str(tmp_path / "work"),
+                "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "1", "--threads", "1"])  # fmt: skip
+    card = json.loads((tmp_path / "ckpt" / "classifier.json").read_text())
+    assert card["weights_dtype"].startswith("float32") and card["validation"]["stored_weights_max_abs_prob_diff"] == 0.0
