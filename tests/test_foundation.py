@@ -249,6 +249,15 @@ def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
     train_main(argv)
     assert "resuming after epoch 2" in capsys.readouterr().out
 
+    state = tmp_path / "work" / "last.json"  # a run saved before an option existed resumes with its default
+    meta = json.loads(state.read_text())
+    del meta["config"]["gamma"]
+    state.write_text(json.dumps(meta))
+    train_main(argv)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="another configuration"):
+        train_main([*argv, "--lr", "0.1"])
+
 
 def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):
     import xray_xai.train as train_module

@@ -199,7 +199,9 @@ def train(args: argparse.Namespace) -> ModelCard:
     meta = {"epoch": 0, "best_auroc": -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": asdict(cfg)}
     if state_path.with_suffix(".json").is_file():
         meta = load_state(state_path, model, ema, optimizer)
-        saved, current = dict(meta["config"]), json.loads(json.dumps(asdict(cfg)))
+        # Options added after a run was saved take their defaults, which reproduce that run.
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        saved, current = {**defaults, **meta["config"]}, json.loads(json.dumps(asdict(cfg)))
         # --epochs may change on resume (the cosine schedule then ends at the new total); nothing else may.
         if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in current.items() if k != "epochs"}:
             raise SystemExit(f"{work} holds a run with another configuration; use another --work folder.")
