@@ -90,7 +90,7 @@ def save_checkpoint(
     save_file(tensors, str(tmp))
     os.replace(tmp, weights_path)
     card.weights = weights_path.name
-    card.weights_dtype = f"{str(dtype).removeprefix('torch.')} convolution kernels, float32 elsewhere"
+    card.weights_dtype = "float32" if dtype == torch.float32 else f"{str(dtype).removeprefix('torch.')} convolution kernels, float32 elsewhere"
     card.sha256 = sha256_file(weights_path)
     card.to_json(card_path)
     return card
