@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,40 +107,36 @@ def both_classes(labels: np.ndarray) -> bool:
     return len(np.unique(labels)) == 2
 
 
-def bootstrap_auroc_ci(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
-    """Percentile bootstrap interval (95%) of the AUROC, resampling images with replacement.
-
-    Resamples that hold a single class are skipped; ``None`` if the data hold a single class.
-    """
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    if not both_classes(labels) or n_resamples <= 0:
-        return None
+def bootstrap_interval(labels: np.ndarray, statistic: Callable[[np.ndarray], float], n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval (95%) of ``statistic(index)``, resampling images with
+    replacement; resamples that hold a single class are skipped (``None`` if all do)."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_resamples):
         index = rng.integers(0, len(labels), len(labels))
         if both_classes(labels[index]):
-            values.append(roc_auc_score(labels[index], scores[index]))
+            values.append(statistic(index))
     if not values:
         return None
     tail = 100 * (1 - CI_LEVEL) / 2
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
+def bootstrap_auroc_ci(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval (95%) of the AUROC; ``None`` if the data hold a single class."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if not both_classes(labels) or n_resamples <= 0:
+        return None
+    return bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], scores[i]), n_resamples, seed)
+
+
 def paired_auroc_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict | None:
-    """AUROC of scores ``a`` minus that of ``b`` on the same images, with a paired percentile
-    bootstrap interval (95%; the same resampled images score both)."""
+    """AUROC of scores ``a`` minus that of ``b`` on the same images, with a paired bootstrap
+    interval (95%; the same resampled images score both)."""
     labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
     if not both_classes(labels):
         return None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        if both_classes(labels[index]):
-            values.append(roc_auc_score(labels[index], a[index]) - roc_auc_score(labels[index], b[index]))
-    tail = 100 * (1 - CI_LEVEL) / 2
-    interval = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if values else None
+    interval = bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i]), n_resamples, seed)
     return {"difference": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci95": interval}
 
 
