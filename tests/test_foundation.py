@@ -16,7 +16,7 @@ from xray_xai.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.train import TrainConfig, augment, lr_at
+from xray_xai.train import SHARPNESS_SIGMA, TrainConfig, augment, gaussian_blur, lr_at
 from xray_xai.train import main as train_main
 
 
@@ -217,6 +217,19 @@ def test_gamma_augmentation_is_one_exposure_curve_per_image():
     assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-3)
     assert ((per_image[:, 0] > math.exp(-0.4) - 1e-4) & (per_image[:, 0] < math.exp(0.4) + 1e-4)).all()
     assert per_image[:, 0].std() > 0.01
+
+
+def test_sharpness_augmentation_blurs_or_sharpens_each_image_and_keeps_smooth_images():
+    still = dict(max_rotation_deg=0.0, max_translation=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0)
+    flat = torch.full((3, 1, 24, 24), 0.4)
+    assert torch.allclose(augment(flat, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0)), flat, atol=1e-6)
+    detail = (torch.rand(64, 1, 24, 24) * 0.6 + 0.2)
+    out = augment(detail, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0))
+    blurred = gaussian_blur(detail, SHARPNESS_SIGMA)
+    gain = ((out - blurred) * (detail - blurred)).sum(dim=(1, 2, 3)) / ((detail - blurred) ** 2).sum(dim=(1, 2, 3))
+    assert (gain > 0.5 - 1e-3).all() and (gain < 1.5 + 1e-3).all()
+    assert (gain < 0.9).any() and (gain > 1.1).any()  # both blurred and sharpened images
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), detail.mean(dim=(1, 2, 3)), atol=0.02)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

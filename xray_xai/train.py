@@ -35,6 +35,7 @@ from .ood import fit_feature_stats, mahalanobis, penultimate_features
 from .preprocess import normalize, read_dataset_image, to_model_size
 
 NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
+SHARPNESS_SIGMA = 1.0  # px at 224: the scale of the detail that the sharpness augmentation scales
 FP16_TOLERANCE = 1e-3  # float16 kernels are stored only if every validation probability stays this close
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.0  # exposure curve: pixels ** exp(U(-gamma, gamma))
+    sharpness: float = 0.0  # detail gain: blur + (1 + U(-sharpness, sharpness)) * (pixels - blur)
     horizontal_flip: bool = False
 
 
@@ -72,7 +74,9 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     """Radiograph-safe augmentation of [0, 1] pixels, batched with one ``grid_sample``.
 
     Small rotation, translation and scale (patient positioning varies), gamma, brightness and
-    contrast (exposure and processing vary). No horizontal flip by default: chest anatomy is not
+    contrast (exposure and processing vary), and a random blur-or-sharpen (detector and
+    post-processing vary; in the training set pneumonia films are on average blurrier than
+    normal ones, so global sharpness would otherwise be a shortcut). No horizontal flip by default: chest anatomy is not
     left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film
     is not a realistic input, and the report names the patient's side from the map.
     """
@@ -93,10 +97,23 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg.gamma > 0:
         out = out.clamp_min(0) ** torch.exp(uniform(-cfg.gamma, cfg.gamma)).view(n, 1, 1, 1)
+    if cfg.sharpness > 0:
+        blurred = gaussian_blur(out, SHARPNESS_SIGMA)
+        out = blurred + (1 + uniform(-cfg.sharpness, cfg.sharpness)).view(n, 1, 1, 1) * (out - blurred)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an ``(n, 1, h, w)`` batch, borders replicated."""
+    radius = int(3 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=batch.dtype)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(F.pad(batch, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -169,7 +186,8 @@ def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> flo
 def train(args: argparse.Namespace) -> ModelCard:
     cfg = TrainConfig(
         arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        brightness=args.brightness, contrast=args.contrast, gamma=args.gamma,
+        brightness=args.brightness, contrast=args.contrast, gamma=args.gamma, sharpness=args.sharpness,
+        max_rotation_deg=args.rotation, max_translation=args.translation, scale_range=(1 - args.scale, 1 + args.scale),
     )
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
@@ -346,6 +364,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--brightness", type=float, default=defaults.brightness, help="augmentation: +- this shift of [0, 1] pixels")
     parser.add_argument("--contrast", type=float, default=defaults.contrast, help="augmentation: contrast factor in 1 +- this")
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="augmentation: pixels ** exp(U(-gamma, gamma))")
+    parser.add_argument("--sharpness", type=float, default=defaults.sharpness, help="augmentation: detail gain in 1 +- this (blur to sharpen)")
+    parser.add_argument("--rotation", type=float, default=defaults.max_rotation_deg, help="augmentation: rotation in +- this many degrees")
+    parser.add_argument("--translation", type=float, default=defaults.max_translation, help="augmentation: shift in +- this fraction of the side")
+    parser.add_argument("--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--limit", type=int, default=0, help="use only this many images (smoke tests)")
     return parser.parse_args(argv)
