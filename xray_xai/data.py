@@ -94,3 +94,11 @@ def validation_samples(samples: list[Sample], checkpoint: str | Path) -> list[Sa
     if not ids_path.is_file():
         raise FileNotFoundError(f"The validation split needs the patient ids in {ids_path} (written by training).")
     return split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]
+
+
+def seeded_subset(samples: list[Sample], limit: int, seed: int = 0) -> list[Sample]:
+    """A seeded random ``limit`` of the samples, in their original order (all when ``limit`` is 0)."""
+    if not limit or len(samples) <= limit:
+        return samples
+    keep = np.sort(np.random.default_rng(seed).choice(len(samples), limit, replace=False))
+    return [samples[i] for i in keep]

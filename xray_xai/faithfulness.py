@@ -45,7 +45,7 @@ from . import CLASSES  # noqa: E402
 from .anatomy import OUTSIDE, zone_shares  # noqa: E402
 from .cam import compute_cam  # noqa: E402
 from .classifier import Classifier  # noqa: E402
-from .data import Sample, list_samples, validation_samples  # noqa: E402
+from .data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
 from .imaging import InputError, load_image  # noqa: E402
 from .model import DEFAULT_CHECKPOINT  # noqa: E402
 from .occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
@@ -164,11 +164,7 @@ def select_samples(args: argparse.Namespace) -> list[Sample]:
             samples = validation_samples(samples, args.checkpoint)
         except FileNotFoundError as error:
             raise SystemExit(str(error)) from None
-    samples = [s for s in samples if CLASSES[s.label] in args.classes]
-    if args.limit and len(samples) > args.limit:
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.limit, replace=False))
-        samples = [samples[i] for i in keep]
-    return samples
+    return seeded_subset([s for s in samples if CLASSES[s.label] in args.classes], args.limit, args.seed)
 
 
 def evaluate_image(classifier: Classifier, sample: Sample, args: argparse.Namespace, index: int) -> tuple[dict, dict[str, Curve]]:
