@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from tiny import TINY_ARCH, make_tiny_dataset
 from xray_xai.calibration import fit_temperature, nll, operating_points, sigmoid
@@ -16,7 +17,7 @@ from xray_xai.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.train import SHARPNESS_SIGMA, TrainConfig, augment, gaussian_blur, lr_at
+from xray_xai.train import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, lr_at
 from xray_xai.train import main as train_main
 
 
@@ -225,7 +226,7 @@ def test_sharpness_augmentation_blurs_or_sharpens_each_image_and_keeps_smooth_im
     assert torch.allclose(augment(flat, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0)), flat, atol=1e-6)
     detail = (torch.rand(64, 1, 24, 24) * 0.6 + 0.2)
     out = augment(detail, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0))
-    blurred = gaussian_blur(detail, SHARPNESS_SIGMA)
+    blurred = gaussian_blur(detail, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
     gain = ((out - blurred) * (detail - blurred)).sum(dim=(1, 2, 3)) / ((detail - blurred) ** 2).sum(dim=(1, 2, 3))
     assert (gain > 0.5 - 1e-3).all() and (gain < 1.5 + 1e-3).all()
     assert (gain < 0.9).any() and (gain > 1.1).any()  # both blurred and sharpened images

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from timm.utils import ModelEmaV3
+from torchvision.transforms.v2.functional import gaussian_blur
 from tqdm import tqdm
 
 from . import CLASSES
@@ -36,6 +37,7 @@ from .preprocess import normalize, read_dataset_image, to_model_size
 
 NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
 SHARPNESS_SIGMA = 1.0  # px at 224: the scale of the detail that the sharpness augmentation scales
+SHARPNESS_KERNEL = 7  # +- 3 sigma
 FP16_TOLERANCE = 1e-3  # float16 kernels are stored only if every validation probability stays this close
 
 
@@ -98,22 +100,12 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     if cfg.gamma > 0:
         out = out.clamp_min(0) ** torch.exp(uniform(-cfg.gamma, cfg.gamma)).view(n, 1, 1, 1)
     if cfg.sharpness > 0:
-        blurred = gaussian_blur(out, SHARPNESS_SIGMA)
+        blurred = gaussian_blur(out, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
         out = blurred + (1 + uniform(-cfg.sharpness, cfg.sharpness)).view(n, 1, 1, 1) * (out - blurred)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
-
-
-def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an ``(n, 1, h, w)`` batch, borders replicated."""
-    radius = int(3 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=batch.dtype)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    out = F.conv2d(F.pad(batch, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
