@@ -78,9 +78,10 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     Small rotation, translation and scale (patient positioning varies), gamma, brightness and
     contrast (exposure and processing vary), and a random blur-or-sharpen (detector and
     post-processing vary; in the training set pneumonia films are on average blurrier than
-    normal ones, so global sharpness would otherwise be a shortcut). No horizontal flip by default: chest anatomy is not
-    left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film
-    is not a realistic input, and the report names the patient's side from the map.
+    normal ones, so global sharpness would otherwise be a shortcut). No horizontal flip by
+    default: chest anatomy is not left-right symmetric (heart, aortic arch, gastric bubble, the
+    side marker), a mirrored film is not a realistic input, and the report names the patient's
+    side from the map.
     """
     n = batch.shape[0]
 
