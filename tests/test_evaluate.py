@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.classifier import Classifier
-from xray_xai.evaluate import bootstrap_auroc_ci, compute_metrics, main, paired_auroc_difference, threshold_metrics
+from xray_xai.evaluation.classifier import bootstrap_auroc_ci, compute_metrics, main, paired_auroc_difference, threshold_metrics
 from xray_xai.model import ModelCard, sha256_file
 
 OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
-from xray_xai.faithfulness import lung_figures, main, perturbation_curve, rank_pixels, step_counts
+from xray_xai.evaluation.faithfulness import lung_figures, main, perturbation_curve, rank_pixels, step_counts
 
 SIZE, STEP = 16, 16
 PATCH = (slice(4, 8), slice(4, 8))  # 16 pixels: exactly one step

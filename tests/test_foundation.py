@@ -17,8 +17,8 @@ from xray_xai.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.train import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, lr_at
-from xray_xai.train import main as train_main
+from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, lr_at
+from xray_xai.training.classifier import main as train_main
 
 
 @pytest.fixture(autouse=True)
@@ -274,7 +274,7 @@ def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):
-    import xray_xai.train as train_module
+    import xray_xai.training.classifier as train_module
 
     monkeypatch.setattr(train_module, "FP16_TOLERANCE", -1.0)  # no float16 file is close enough
     make_tiny_dataset(tmp_path / "data" / "train", per_class=10)

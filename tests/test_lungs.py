@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xray_xai import evaluate_lungs, train_lungs
+from xray_xai.evaluation import lungs as evaluate_lungs
+from xray_xai.training import lungs as train_lungs
 from xray_xai.lungs import LungCard, LungSegmenter, build_model, check_plausibility, dice, finish_mask, iou
 from xray_xai.model import CheckpointError, save_checkpoint, sha256_file
 

@@ -15,7 +15,7 @@ from xray_xai.data import list_samples
 from xray_xai.lungs import LungMask
 from xray_xai.model import ModelCard
 from xray_xai.pipeline import Options, Pipeline
-from xray_xai.shortcuts import fit_thresholds, outside_lung_shares, write_thresholds
+from xray_xai.training.shortcuts import fit_thresholds, outside_lung_shares, write_thresholds
 
 
 SIZE = 64  # the app's fast occlusion window (48 px) must fit

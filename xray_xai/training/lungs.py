@@ -1,6 +1,6 @@
 """Train the lung-segmentation model from scratch and save it as ``lungs.json`` + ``lungs.safetensors``.
 
-    python -m xray_xai.train_lungs --data ../shared/data/chest_xray --masks ../shared/data/lung_masks --out checkpoints/
+    python -m xray_xai.training.lungs --data ../shared/data/chest_xray --masks ../shared/data/lung_masks --out checkpoints/
 
 Image/mask pairs are ``DATA/train/CLASS/NAME.jpeg`` and ``MASKS/train/CLASS/NAME.png``; images
 without a mask are skipped. Validation uses the classifier's patient-level split
@@ -28,12 +28,12 @@ from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from .data import Sample, list_samples
-from .evaluate_lungs import SPLIT_SEED, VAL_FRACTION, evaluate, paired, read_mask, select_split
-from .lungs import THRESHOLD, LungCard, LungSegmenter, build_model
-from .model import save_checkpoint
-from .preprocess import normalize, to_model_size
-from .train import NORMALISATION, TrainConfig, augment, load_pixels, load_state, lr_at, save_state
+from ..data import Sample, list_samples
+from ..evaluation.lungs import SPLIT_SEED, VAL_FRACTION, evaluate, paired, read_mask, select_split
+from ..lungs import THRESHOLD, LungCard, LungSegmenter, build_model
+from ..model import save_checkpoint
+from ..preprocess import normalize, to_model_size
+from .classifier import NORMALISATION, TrainConfig, augment, load_pixels, load_state, lr_at, save_state
 
 
 @dataclass
@@ -208,7 +208,7 @@ def train(args: argparse.Namespace) -> LungCard:
 def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pairs, val_pairs, skipped: int, out: Path, args) -> LungCard:
     """Save float16 weights, then score the saved checkpoint on validation through ``segment``."""
     card.training = {
-        "command": " ".join(["python -m xray_xai.train_lungs"] + sys.argv[1:]),
+        "command": " ".join(["python -m xray_xai.training.lungs"] + sys.argv[1:]),
         "config": asdict(cfg),
         "epochs_run": meta["epoch"],
         "wall_time_s": round(meta["elapsed_s"], 1),

@@ -1,6 +1,6 @@
 """Train, calibrate and save the pneumonia classifier.
 
-    python -m xray_xai.train --data ../shared/data/chest_xray --out checkpoints/
+    python -m xray_xai.training.classifier --data ../shared/data/chest_xray --out checkpoints/
 
 Every choice is made on a patient-level validation split of ``DATA/train``: the epoch (and
 whether the EMA or the raw weights are kept), the temperature, the operating points and the
@@ -25,19 +25,25 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from timm.utils import ModelEmaV3
+from scipy.ndimage import gaussian_filter
 from torchvision.transforms.v2.functional import gaussian_blur
 from tqdm import tqdm
 
-from . import CLASSES
-from .calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from .data import Sample, list_samples, split_by_patient
-from .model import ModelCard, create_model, load_checkpoint, save_checkpoint
-from .ood import fit_feature_stats, mahalanobis, penultimate_features
-from .preprocess import normalize, read_dataset_image, to_model_size
+from .. import CLASSES
+from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
+from ..data import Sample, list_samples, split_by_patient, validation_samples
+from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
+from ..ood import fit_feature_stats, mahalanobis, penultimate_features
+from ..preprocess import normalize, read_dataset_image, to_model_size
 
 NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
 SHARPNESS_SIGMA = 1.0  # px at 224: the scale of the detail that the sharpness augmentation scales
 SHARPNESS_KERNEL = 7  # +- 3 sigma
+FEATURELESS_SIGMA = (8.0, 16.0)  # px at 224: every rib, vessel and opacity gone (16 = the occlusion baseline)
+# A film without visible structure carries no evidence either way: its target is 50/50 after the
+# prior correction (see ``soft_target``), not the training prior, so that a soft film is never
+# called pneumonia for its softness.
+FEATURELESS_TARGET = 0.5
 FP16_TOLERANCE = 1e-3  # float16 kernels are stored only if every validation probability stays this close
 
 
@@ -61,7 +67,12 @@ class TrainConfig:
     contrast: float = 0.2
     gamma: float = 0.0  # exposure curve: pixels ** exp(U(-gamma, gamma))
     sharpness: float = 0.0  # detail gain: blur + (1 + U(-sharpness, sharpness)) * (pixels - blur)
+    blur: float = 0.0  # half of each batch is blurred with a Gaussian of sigma U(0, blur) px at 224, label kept
+    noise: float = 0.0  # additive Gaussian noise of std U(0, noise), on half of each batch
+    featureless: float = 0.0  # share of each batch blurred flat (sigma U(8, 16) px) with target FEATURELESS_TARGET
     horizontal_flip: bool = False
+    split_seed: int = 0  # the validation patients; members of an ensemble share it and differ in ``seed``
+    init: str = ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
 
 
 def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
@@ -78,7 +89,9 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     Small rotation, translation and scale (patient positioning varies), gamma, brightness and
     contrast (exposure and processing vary), and a random blur-or-sharpen (detector and
     post-processing vary; in the training set pneumonia films are on average blurrier than
-    normal ones, so global sharpness would otherwise be a shortcut). No horizontal flip by
+    normal ones, so global sharpness would otherwise be a shortcut), plus, as options, a
+    label-keeping Gaussian blur of up to ``blur`` px and sensor noise, for films from softer or
+    noisier acquisitions than the training batch. No horizontal flip by
     default: chest anatomy is not left-right symmetric (heart, aortic arch, gastric bubble, the
     side marker), a mirrored film is not a realistic input, and the report names the patient's
     side from the map.
@@ -103,10 +116,55 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     if cfg.sharpness > 0:
         blurred = gaussian_blur(out, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
         out = blurred + (1 + uniform(-cfg.sharpness, cfg.sharpness)).view(n, 1, 1, 1) * (out - blurred)
+    if cfg.blur > 0:
+        sigma = torch.where(torch.rand(n, generator=generator) < 0.5, uniform(0, cfg.blur), torch.zeros(n))
+        out = blur_each(out, sigma)
+    if cfg.noise > 0:
+        std = torch.where(torch.rand(n, generator=generator) < 0.5, uniform(0, cfg.noise), torch.zeros(n))
+        out = out + std.view(n, 1, 1, 1) * torch.randn(out.shape, generator=generator)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def flatten_some(batch: torch.Tensor, share: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blur about ``share`` of the images flat (sigma in ``FEATURELESS_SIGMA``); returns the batch and which ones."""
+    n = batch.shape[0]
+    chosen = torch.rand(n, generator=generator) < share
+    lo, hi = FEATURELESS_SIGMA
+    sigma = torch.where(chosen, lo + (hi - lo) * torch.rand(n, generator=generator), torch.zeros(n))
+    return blur_each(batch, sigma), chosen
+
+
+def blur_each(batch: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of each ``(1, H, W)`` image with its own sigma in px (0 = unchanged; reflected borders)."""
+    out = batch.clone()
+    for i in torch.nonzero(sigma > 0).flatten().tolist():
+        out[i, 0] = torch.from_numpy(gaussian_filter(batch[i, 0].numpy(), float(sigma[i]), mode="reflect"))
+    return out
+
+
+def soft_target(labels: torch.Tensor, featureless: torch.Tensor) -> torch.Tensor:
+    """BCE targets: the labels, and for featureless images the target whose optimum under the
+    ``pos_weight``-balanced loss is a prior-corrected probability of ``FEATURELESS_TARGET``.
+
+    With soft target t the weighted loss is minimised at logit log(pos_weight) + logit(t), and the
+    prior correction later removes log(pos_weight), so t itself is the corrected probability.
+    """
+    return torch.where(featureless, torch.full_like(labels, FEATURELESS_TARGET), labels)
+
+
+def initial_weights(card_path: str, arch: str) -> dict[str, torch.Tensor]:
+    """Weights of a saved classifier to fine-tune from, with its prior correction taken back out
+    of the bias (training runs on the class-balanced loss again)."""
+    model, card, _ = load_checkpoint(card_path)
+    if card.arch != arch:
+        raise SystemExit(f"--init {card_path} is a {card.arch}, not a {arch}.")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bias = next(k for k in state if k.endswith("bias") and k.startswith(("fc.", "head.", "classifier.")))
+    state[bias] -= float(card.training.get("prior_correction", 0.0))
+    return state
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -180,6 +238,8 @@ def train(args: argparse.Namespace) -> ModelCard:
     cfg = TrainConfig(
         arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         brightness=args.brightness, contrast=args.contrast, gamma=args.gamma, sharpness=args.sharpness,
+        blur=args.blur, noise=args.noise, featureless=args.featureless, split_seed=args.split_seed, init=args.init or "",
+        warmup_epochs=args.warmup_epochs,
         max_rotation_deg=args.rotation, max_translation=args.translation, scale_range=(1 - args.scale, 1 + args.scale),
     )
     torch.manual_seed(cfg.seed)
@@ -189,7 +249,7 @@ def train(args: argparse.Namespace) -> ModelCard:
     if args.limit:
         rng = np.random.default_rng(cfg.seed)
         samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.limit, len(samples)), replace=False))]
-    train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.seed)
+    train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.split_seed)
     y_train = np.array([s.label for s in train_set])
     y_val = np.array([s.label for s in val_set])
     print(f"train {len(train_set)} images ({y_train.sum()} pneumonia), val {len(val_set)} images ({y_val.sum()} pneumonia), "
@@ -197,7 +257,13 @@ def train(args: argparse.Namespace) -> ModelCard:
     x_train = load_pixels(train_set, cfg.input_size, "decode train")
     x_val = load_pixels(val_set, cfg.input_size, "decode val")
 
-    model = create_model(cfg.arch, drop_rate=cfg.drop_rate).to(memory_format=torch.channels_last)
+    model = create_model(cfg.arch, drop_rate=cfg.drop_rate)
+    if cfg.init:
+        # Its validation patients must be ours, or validation images were in its training set.
+        if {s.patient for s in validation_samples(samples, cfg.init)} != {s.patient for s in val_set}:
+            raise SystemExit(f"--init {cfg.init} was validated on other patients; fine-tuning it would leak validation images.")
+        model.load_state_dict(initial_weights(cfg.init, cfg.arch))
+    model = model.to(memory_format=torch.channels_last)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Class imbalance: weigh positives so both classes carry equal total weight.
@@ -232,8 +298,12 @@ def train(args: argparse.Namespace) -> ModelCard:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
             index = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
-            x = to_input(augment(x_train[index].float(), cfg, generator))
-            y = torch.from_numpy(y_train[index.numpy()]).float()
+            pixels = augment(x_train[index].float(), cfg, generator)
+            featureless = torch.zeros(len(index), dtype=torch.bool)
+            if cfg.featureless > 0:
+                pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
+            x = to_input(pixels)
+            y = soft_target(torch.from_numpy(y_train[index.numpy()]).float(), featureless)
             loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,7 +367,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
             "history": meta["history"],
         },
         training={
-            "command": " ".join(["python -m xray_xai.train"] + sys.argv[1:]),
+            "command": " ".join(["python -m xray_xai.training.classifier"] + sys.argv[1:]),
             "config": asdict(cfg),
             "epochs_run": meta["epoch"],
             "wall_time_s": round(meta["elapsed_s"], 1),
@@ -353,11 +423,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and augmentation")
+    parser.add_argument("--init", default=None, help="fine-tune from this model card's weights (trained on the same validation split)")
+    parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="which patients are held out for validation")
     parser.add_argument("--brightness", type=float, default=defaults.brightness, help="augmentation: +- this shift of [0, 1] pixels")
     parser.add_argument("--contrast", type=float, default=defaults.contrast, help="augmentation: contrast factor in 1 +- this")
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="augmentation: pixels ** exp(U(-gamma, gamma))")
     parser.add_argument("--sharpness", type=float, default=defaults.sharpness, help="augmentation: detail gain in 1 +- this (blur to sharpen)")
+    parser.add_argument("--blur", type=float, default=defaults.blur, help="augmentation: Gaussian blur of sigma U(0, this) px on half the batch")
+    parser.add_argument("--noise", type=float, default=defaults.noise, help="augmentation: Gaussian noise of std U(0, this) on half the batch")
+    parser.add_argument("--featureless", type=float, default=defaults.featureless, help="share of films blurred flat with a 50/50 target")
     parser.add_argument("--rotation", type=float, default=defaults.max_rotation_deg, help="augmentation: rotation in +- this many degrees")
     parser.add_argument("--translation", type=float, default=defaults.max_translation, help="augmentation: shift in +- this fraction of the side")
     parser.add_argument("--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this")

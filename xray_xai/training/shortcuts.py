@@ -1,6 +1,6 @@
 """Fit the shortcut-warning thresholds of a classifier on its validation images.
 
-    python -m xray_xai.shortcuts --data ../shared/data/chest_xray/train [--checkpoint PATH] [--limit N]
+    python -m xray_xai.training.shortcuts --data ../shared/data/chest_xray/train [--checkpoint PATH] [--limit N]
 
 The app warns that an explanation may rest on something other than the lungs when a map puts
 an unusual share of its mass outside the predicted lung fields. "Unusual" is fitted here, per
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import Sample, list_samples, seeded_subset, validation_samples
-from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
-from .pipeline import Options, Pipeline
+from ..data import Sample, list_samples, seeded_subset, validation_samples
+from ..model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
+from ..pipeline import Options, Pipeline
 
 PERCENTILE = 95.0
 
@@ -56,7 +56,7 @@ def write_thresholds(card_path: str | Path, thresholds: dict[str, float], n: int
         "shortcut_threshold_rule": (
             f"{PERCENTILE:g}th percentile of the share of map mass outside the predicted lungs over {n} validation "
             f"images with a plausible segmentation (of {n_images}), maps made as the app makes them "
-            "(python -m xray_xai.shortcuts)"
+            "(python -m xray_xai.training.shortcuts)"
         ),
     }
     card.to_json(card_path)

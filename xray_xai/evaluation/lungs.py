@@ -1,8 +1,8 @@
 """Score a lung-segmentation checkpoint against reference masks.
 
-    python -m xray_xai.evaluate_lungs --data ../shared/data/chest_xray/val \\
+    python -m xray_xai.evaluation.lungs --data ../shared/data/chest_xray/val \\
         --masks ../shared/data/lung_masks/val --out runs/lungs_eval_val16
-    python -m xray_xai.evaluate_lungs --data ../shared/data/chest_xray/train \\
+    python -m xray_xai.evaluation.lungs --data ../shared/data/chest_xray/train \\
         --masks ../shared/data/lung_masks/train --split val --out runs/lungs_eval_split
 
 ``--data`` and ``--masks`` have the same ``{NORMAL,PNEUMONIA}/NAME`` layout (masks are
@@ -25,10 +25,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
-from .data import Sample, list_samples, split_by_patient
-from .lungs import LungSegmenter, dice, iou
-from .model import DEFAULT_LUNG_CHECKPOINT, sha256_file
-from .preprocess import read_dataset_image
+from ..data import Sample, list_samples, split_by_patient
+from ..lungs import LungSegmenter, dice, iou
+from ..model import DEFAULT_LUNG_CHECKPOINT, sha256_file
+from ..preprocess import read_dataset_image
 
 VAL_FRACTION, SPLIT_SEED = 0.15, 0  # the classifier's patient-level validation split
 REFERENCE_COLOUR, PREDICTION_COLOUR = (0, 220, 255), (255, 0, 200)

@@ -1,7 +1,7 @@
 """How faithful the explanation maps are, and how much of them falls on the lungs.
 
-    python -m xray_xai.faithfulness --data DIR --masks MASKDIR --out OUT [--limit N]
-    python -m xray_xai.faithfulness --data ../shared/data/chest_xray/train --split val \\
+    python -m xray_xai.evaluation.faithfulness --data DIR --masks MASKDIR --out OUT [--limit N]
+    python -m xray_xai.evaluation.faithfulness --data ../shared/data/chest_xray/train --split val \\
         --masks ../shared/data/lung_masks/train --out outputs/faithfulness_val --limit 40
 
 Deletion and insertion (RISE, Petsiuk et al. 2018): the model-input pixels are ranked by a
@@ -41,14 +41,14 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from . import CLASSES  # noqa: E402
-from .anatomy import OUTSIDE, zone_shares  # noqa: E402
-from .cam import compute_cam  # noqa: E402
-from .classifier import Classifier  # noqa: E402
-from .data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
-from .imaging import InputError, load_image  # noqa: E402
-from .model import DEFAULT_CHECKPOINT  # noqa: E402
-from .occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+from .. import CLASSES  # noqa: E402
+from ..anatomy import OUTSIDE, zone_shares  # noqa: E402
+from ..cam import compute_cam  # noqa: E402
+from ..classifier import Classifier  # noqa: E402
+from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
+from ..imaging import InputError, load_image  # noqa: E402
+from ..model import DEFAULT_CHECKPOINT  # noqa: E402
+from ..occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
 
 METHODS = ("gradcam", "occlusion", "random")
 STEP_PIXELS = 224  # pixels changed per step, as in RISE
