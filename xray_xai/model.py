@@ -19,6 +19,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from .ensemble import Ensemble
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "classifier.json"
 DEFAULT_LUNG_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "lungs.json"
@@ -48,6 +50,7 @@ class ModelCard:
     weights: str = ""
     sha256: str = ""
     weights_dtype: str = "float16"
+    members: int = 1  # > 1: a mean-logit ensemble of that many ``arch`` networks (xray_xai.ensemble)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelCard":
@@ -129,7 +132,7 @@ def load_checkpoint(
     tensors = load_file(str(weights_path))
     state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    model = model_factory(card.arch)
+    model = model_factory(card.arch) if card.members == 1 else Ensemble([model_factory(card.arch) for _ in range(card.members)])
     model.load_state_dict(state)
     model.eval().to(memory_format=torch.channels_last)
     return model, card, extras
