@@ -40,8 +40,13 @@ class Prediction:
     label: str  # "PNEUMONIA" if probability >= operating_point.threshold else "NORMAL"
     probability: float  # calibrated P(pneumonia)
     confidence: float  # calibrated probability of the reported label
-    band: str  # "High" | "Moderate" | "Low"
+    band: str  # "High" | "Moderate" | "Low", after any demotion for uncertainty or unusual input
     operating_point: OperatingPoint
+    # Spread (standard deviation) of the ensemble members' calibrated P(pneumonia); None for a single network.
+    uncertainty: float | None = None
+    member_probabilities: tuple[float, ...] = ()
+    # Plain-language reasons why the band is lower than the probability alone would give.
+    band_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
