@@ -94,7 +94,7 @@ class FeatureDistance:
     def __call__(self, image: LoadedImage) -> float | None:
         if self.classifier is None:
             return None
-        _, distances = self.classifier.score(self.classifier.prepare(image.pixels))
+        distances = self.classifier.score(self.classifier.prepare(image.pixels)).distance
         return None if distances is None else float(distances[0])
 
 

@@ -194,9 +194,18 @@ def test_band_boundaries(probability: float, label: str, shown: str, band: str) 
     assert ("the model is uncertain" in summary) == (band == "Low")
 
 
-def test_band_comes_from_the_confidence_not_the_stored_band() -> None:
-    report = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "Low", BALANCED)))
-    assert "(confidence band: High)" in report and "High confidence)" in report and "Low confidence" not in report
+def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None:
+    lowered = Prediction("NORMAL", 0.05, 0.95, "Moderate", BALANCED, uncertainty=0.08, member_probabilities=(0.01, 0.17),
+                         band_reasons=("The 2 networks of the ensemble disagree on this film.",))  # fmt: skip
+    report = build_report(Analysis(lowered))
+    findings, summary = section(report, "FINDINGS"), section(report, "QUICK SUMMARY")
+    assert "(confidence band: Moderate)" in findings and "Moderate confidence)" in summary and "High" not in summary
+    assert "band was lowered" in summary
+    assert "- Uncertainty: the 2 independently trained networks of the ensemble give P(pneumonia) from 1.0% to 17.0%" in findings
+    assert "one standard deviation: 8.0%" in findings
+    assert "- The 2 networks of the ensemble disagree on this film." in findings
+    plain = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "High", BALANCED)))
+    assert "Uncertainty" not in plain and "lowered" not in plain
 
 
 @pytest.mark.parametrize(("zone", "side", "other"), [("right lower", "right", "left"), ("left upper", "left", "right")])
@@ -254,10 +263,12 @@ zone_maps = st.fixed_dictionaries({key: shares for key in ZONES}, optional={"out
 analyses = st.builds(
     Analysis,
     prediction=st.builds(
-        lambda p, t, sens, spec, name: Prediction(
-            "PNEUMONIA" if p >= t else "NORMAL", p, p if p >= t else 1 - p, "", OperatingPoint(name, t, sens, spec)
-        ),
+        lambda p, t, sens, spec, name, members, unusual: Classifier(
+            None, ModelCard(arch="none", input_size=8, mean=0.5, std=0.25, operating_points={name: {"threshold": t, "sensitivity": sens, "specificity": spec}},
+                            uncertainty={"threshold": 0.05})  # fmt: skip
+        ).decide(p, name, members, unusual),
         shares, shares, shares, shares, st.sampled_from(["balanced", "screening", "rule_in"]),
+        st.lists(shares, max_size=3), st.booleans(),
     ),
     ood=st.builds(OODResult, st.booleans(), st.lists(st.sampled_from(["Lateral view", "Unusual contrast"]), max_size=2).map(tuple)),
     input_warnings=st.lists(st.sampled_from(["Image is very dark", "Image is small"]), max_size=2).map(tuple),
@@ -292,7 +303,7 @@ def test_any_report_is_hedged_complete_and_deterministic(analysis: Analysis) -> 
     assert not [phrase for phrase in FORBIDDEN if phrase in lowered]
     summary = section(report, "QUICK SUMMARY")
     assert "\n" not in summary and summary.count(". ") == 0
-    band = confidence_band(analysis.prediction.confidence)
+    band = analysis.prediction.band
     assert f"(confidence band: {band})" in report and f"{band} confidence)" in summary
     assert ("should not be relied on" in report) == analysis.ood.flagged
     assert ("The model is uncertain" in report) == (band == "Low")

@@ -77,3 +77,9 @@ def make_tiny_dataset(root: Path, per_class: int = 4, sizes=((40, 36), (48, 64))
             if masks is not None:
                 Image.fromarray(lung_mask(height, width)).save(Path(masks) / name / f"{stem}.png")
     return Path(root)
+
+
+def smooth_image_like(size: int) -> np.ndarray:
+    """A smooth float32 ``(size, size)`` pattern in [0, 1]: structure for maps to find, no noise."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)

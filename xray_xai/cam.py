@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ensemble import members
+
 # Name -> class name in pytorch_grad_cam. All weight the last stage's activations by the gradient of the logit:
 # Grad-CAM by the channel-mean gradient, HiResCAM element-wise (provably faithful to the
 # logit for a global-average-pooled head), Grad-CAM++ with higher-order weights, LayerCAM by
@@ -79,22 +81,26 @@ def compute_cam(
     class (NORMAL). Returns float32 ``(S, S)`` in [0, 1]: the package keeps the positive part
     and min-max scales it per image, so 1 is this image's strongest evidence and a map with
     no positive evidence at all is all zeros. Works inside ``torch.inference_mode()``.
+
+    For an :class:`~xray_xai.ensemble.Ensemble` the target is the ensemble's own (mean) logit
+    and the map is taken at every member's last stage: the package scales each member's map
+    to [0, 1] and averages them, so each member's evidence counts equally.
     """
     method_class = cam_class(method)
     if target_class not in (0, 1):
         raise CamError(f"target_class must be 0 or 1, got {target_class!r}")
     if x.ndim != 4 or x.shape[0] != 1:
         raise CamError(f"expected a (1, C, H, W) input, got shape {tuple(x.shape)}")
-    layer = find_target_layer(model) if target_layer is None else target_layer
+    layers = [find_target_layer(m) for m in members(model)] if target_layer is None else [target_layer]
     with _LOCK, torch.inference_mode(False), torch.enable_grad():
         copies: dict[int, object] = {}
         private = private_copy(model, lambda p: nn.Parameter(p.detach(), requires_grad=False), copies)
-        if id(layer) not in copies:
+        if any(id(layer) not in copies for layer in layers):
             raise CamError("target_layer is not a submodule of the model")
         x = x.detach().clone().requires_grad_(True)  # a normal tensor even if x is an inference tensor
         heat = None
         target = importlib.import_module("pytorch_grad_cam.utils.model_targets").BinaryClassifierOutputTarget(target_class)
-        with method_class(model=private, target_layers=[copies[id(layer)]]) as cam:
+        with method_class(model=private, target_layers=[copies[id(layer)] for layer in layers]) as cam:
             heat = cam(input_tensor=x, targets=[target])
     if heat is None:  # the package's __exit__ swallows IndexError
         raise CamError(f"{method} failed on an input of shape {tuple(x.shape)}")

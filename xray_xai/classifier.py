@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .ensemble import Ensemble
 from .model import DEFAULT_CHECKPOINT, ModelCard, load_checkpoint
 from .ood import mahalanobis, penultimate_features
 from .preprocess import preprocess
-from .results import OperatingPoint, Prediction, confidence_band
+from .report import percent
+from .results import BANDS, OperatingPoint, Prediction, confidence_band
 
 
 class UnknownOperatingPoint(ValueError):
     """An operating point name that the model card does not define."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one forward pass over a batch gives the decision, the uncertainty and the OOD check."""
+
+    logits: np.ndarray  # (N,) raw logit of PNEUMONIA (an ensemble: the mean of its members' logits)
+    probabilities: np.ndarray  # (N,) calibrated P(pneumonia)
+    member_probabilities: np.ndarray  # (N, M) calibrated P(pneumonia) of each member (M = 1 for one network)
+    features: np.ndarray  # (N, D) pooled penultimate features (an ensemble: its members' side by side)
+    distance: np.ndarray | None  # (N,) Mahalanobis distance to the training features, if the card has statistics
+
+
+def uncertainty(member_probabilities: Sequence[float]) -> float | None:
+    """Spread of an ensemble's answers: the standard deviation of its members' calibrated
+    P(pneumonia); ``None`` for a single network, which has no second opinion."""
+    values = np.asarray(member_probabilities, dtype=np.float64)
+    return float(values.std()) if values.size > 1 else None
+
+
+def lower_band(band: str) -> str:
+    """The next lower confidence band (Low stays Low)."""
+    names = [name for _, name in BANDS]
+    return names[min(names.index(band) + 1, len(names) - 1)]
 
 
 @dataclass
@@ -61,13 +88,26 @@ class Classifier:
         return self.calibrate(self.model(batch).reshape(-1)).double().numpy()
 
     @torch.inference_mode()
-    def score(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated P(pneumonia) and feature-space (Mahalanobis) distance in one forward pass."""
+    def score(self, batch: torch.Tensor) -> Scores:
+        """Calibrated probabilities (the ensemble's and each member's), features and their
+        Mahalanobis distance, all from one forward pass."""
         features = penultimate_features(self.model, batch)
-        probs = self.calibrate(self.model.get_classifier()(features).reshape(-1)).double().numpy()
-        if self.ood_mean is None or self.ood_precision is None:
-            return probs, None
-        return probs, mahalanobis(features.double().numpy(), self.ood_mean, self.ood_precision)
+        logits = self.model.get_classifier()(features).reshape(-1)
+        if isinstance(self.model, Ensemble):
+            member_logits = self.model.member_logits_from_features(features)
+        else:
+            member_logits = logits.reshape(-1, 1)
+        feature_array = features.double().numpy()
+        distance = None
+        if self.ood_mean is not None and self.ood_precision is not None:
+            distance = mahalanobis(feature_array, self.ood_mean, self.ood_precision)
+        return Scores(
+            logits=logits.double().numpy(),
+            probabilities=self.calibrate(logits).double().numpy(),
+            member_probabilities=self.calibrate(member_logits).double().numpy(),
+            features=feature_array,
+            distance=distance,
+        )
 
     def operating_point(self, name: str = "balanced") -> OperatingPoint:
         points = self.card.operating_points
@@ -76,13 +116,51 @@ class Classifier:
         p = points[name]
         return OperatingPoint(name, float(p["threshold"]), float(p["sensitivity"]), float(p["specificity"]))
 
-    def decide(self, probability: float, operating_point: str = "balanced") -> Prediction:
-        """Label, confidence and band for a calibrated P(pneumonia) at a named operating point."""
+    def decide(
+        self,
+        probability: float,
+        operating_point: str = "balanced",
+        member_probabilities: Sequence[float] = (),
+        unusual: bool = False,
+    ) -> Prediction:
+        """Label, confidence and band for a calibrated P(pneumonia) at a named operating point.
+
+        The band starts from the calibrated probability of the reported label and is lowered
+        when the answer deserves less trust than that probability says: by one step when the
+        ensemble's members disagree more than the card's validation-fitted limit, and to Low
+        when the film looks unlike the training data (``unusual``: the OOD check flagged it).
+        """
         point = self.operating_point(operating_point)
         positive = probability >= point.threshold
         confidence = probability if positive else 1.0 - probability
         label = self.card.classes[1] if positive else self.card.classes[0]
-        return Prediction(label, float(probability), float(confidence), confidence_band(confidence), point)
+        band, reasons = confidence_band(confidence), []
+        spread = uncertainty(member_probabilities)
+        limit = self.card.uncertainty.get("threshold")
+        if spread is not None and limit is not None and spread > limit:
+            lowered = lower_band(band)
+            if lowered != band:
+                low, high = min(member_probabilities), max(member_probabilities)
+                reasons.append(
+                    f"The {len(member_probabilities)} networks of the ensemble disagree on this film "
+                    f"(their P(pneumonia) range from {percent(low)} to {percent(high)}), more than on "
+                    f"{percent(self.card.uncertainty.get('quantile', 0.95))} of validation films: band lowered from {band} to {lowered}."
+                )
+                band = lowered
+        if unusual and band != "Low":
+            reasons.append(f"The film looks unlike the training films (see the input check): band lowered from {band} to Low.")
+            band = "Low"
+        return Prediction(
+            label,
+            float(probability),
+            float(confidence),
+            band,
+            point,
+            uncertainty=spread,
+            member_probabilities=tuple(float(p) for p in member_probabilities) if spread is not None else (),
+            band_reasons=tuple(reasons),
+        )
 
     def predict(self, pixels: np.ndarray, operating_point: str = "balanced") -> Prediction:
-        return self.decide(float(self.probabilities(self.prepare(pixels))[0]), operating_point)
+        scores = self.score(self.prepare(pixels))
+        return self.decide(float(scores.probabilities[0]), operating_point, scores.member_probabilities[0])

@@ -46,6 +46,7 @@ class ModelCard:
     data: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] = field(default_factory=dict)
     explanations: dict[str, Any] = field(default_factory=dict)  # e.g. shortcut_threshold per method
+    uncertainty: dict[str, Any] = field(default_factory=dict)  # e.g. the member-spread limit that lowers the band
     latency: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     sha256: str = ""

@@ -32,6 +32,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from .cam import private_copy
+from .ensemble import members
 
 BASELINES = ("blur", "mean", "zero")
 # Gaussian sigma of the "blur" baseline as a fraction of the input size (16 px at 224 px).
@@ -109,6 +110,10 @@ def occlusion_map(
 ) -> OcclusionResult:
     """Occlusion sensitivity of a single-logit classifier on a normalised ``(1, 1, S, S)`` input.
 
+    An :class:`~xray_xai.ensemble.Ensemble` is occluded member by member (each with its own
+    incremental engine) and the members' logits are averaged before the calibrated probability
+    is taken, so the map explains exactly the ensemble's reported probability.
+
     ``target_class`` 1 explains PNEUMONIA (the sigmoid of ``logit / temperature``), 0 NORMAL.
     ``region`` keeps only the windows that overlap the box; inside it the map equals the
     full-image map exactly, outside it is 0. ``incremental=False`` runs the whole network on
@@ -117,10 +122,22 @@ def occlusion_map(
     """
     rows, cols = _positions(x, window, stride, region)
     base = make_baseline(x, baseline)
-    engine = _Engine.build(model, incremental)
+    engines = [_Engine.build(member, incremental) for member in members(model)]
+    clean_logit, logits = 0.0, np.zeros((len(rows), len(cols)))
     with torch.inference_mode():
-        drops, clean = engine.drops(x, base, rows, cols, window, batch_size, target_class, temperature, progress)
+        for k, engine in enumerate(engines):
+            member_clean, member_logits = engine.logits(x, base, rows, cols, window, batch_size, _part(progress, k, len(engines)))
+            clean_logit, logits = clean_logit + member_clean / len(engines), logits + member_logits / len(engines)
+    clean = _target_probability(torch.tensor([clean_logit]), target_class, temperature)[0]
+    drops = clean - _target_probability(torch.from_numpy(logits), target_class, temperature).reshape(logits.shape)
     return _result(drops, clean, rows, cols, x, window, stride, baseline, target_class, region)
+
+
+def _part(progress: Callable[[int, int], None] | None, k: int, n: int) -> Callable[[int, int], None] | None:
+    """Progress of the ``k``-th of ``n`` equal parts of the work, reported on the whole."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(k * total + done, n * total)
 
 
 def occlusion_map_naive(
@@ -439,25 +456,14 @@ class _Engine:
             return cls(folded, model.forward_head, geometries)
         return cls([], model, None)
 
-    def drops(
-        self,
-        x,
-        base,
-        rows,
-        cols,
-        window,
-        batch_size,
-        target_class,
-        temperature,
-        progress,
-    ):
-        """Per-window probability drops (rows x cols) and the clean probability."""
+    def logits(self, x, base, rows, cols, window, batch_size, progress) -> tuple[float, np.ndarray]:
+        """The clean image's logit and the logit of each occluded copy (rows x cols)."""
         x = x.detach().float().contiguous(memory_format=torch.channels_last)
         base = base.to(x)
         clean_acts = [x]
         for segment in self.segments:
             clean_acts.append(segment(clean_acts[-1]))
-        clean = _target_probability(self.head(clean_acts[-1]), target_class, temperature)[0]
+        clean = float(self.head(clean_acts[-1]).reshape(-1)[0])
         boxes = (
             (rows, np.minimum(rows + window, x.shape[-2])),
             (cols, np.minimum(cols + window, x.shape[-1])),
@@ -466,18 +472,17 @@ class _Engine:
         boxes = tuple(tuple(torch.from_numpy(b) for b in axis) for axis in boxes)
 
         grid = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-        drops = np.zeros((len(rows), len(cols)))
+        logits = np.zeros((len(rows), len(cols)))
         for begin in range(0, len(grid), batch_size):
             chunk = grid[begin : begin + batch_size]
             iy = torch.tensor([i for i, _ in chunk])
             ix = torch.tensor([j for _, j in chunk])
-            logits = self._forward(clean_acts, base, boxes, plans, first_full, iy, ix)
-            probs = _target_probability(logits, target_class, temperature)
-            for (i, j), p in zip(chunk, probs):
-                drops[i, j] = clean - p
+            values = self._forward(clean_acts, base, boxes, plans, first_full, iy, ix).reshape(-1).double().numpy()
+            for (i, j), value in zip(chunk, values):
+                logits[i, j] = value
             if progress is not None:
                 progress(begin + len(chunk), len(grid))
-        return drops, clean
+        return clean, logits
 
     def _split(self, clean_acts, boxes):
         """Per-axis crop plans and the first segment to run in full (see ``CROP_AREA_LIMIT``)."""

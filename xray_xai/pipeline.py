@@ -99,9 +99,12 @@ class Pipeline:
         """Decode, classify and check for out-of-distribution input (no explanations)."""
         image = load_image(source)
         x = self.classifier.prepare(image.pixels)
-        probs, distance = self.classifier.score(x)
-        prediction = self.classifier.decide(float(probs[0]), operating_point)
-        ood = assess_ood(image, None if distance is None else float(distance[0]), self.classifier.card.ood.get("threshold"))
+        scores = self.classifier.score(x)
+        distance = None if scores.distance is None else float(scores.distance[0])
+        ood = assess_ood(image, distance, self.classifier.card.ood.get("threshold"))
+        prediction = self.classifier.decide(
+            float(scores.probabilities[0]), operating_point, scores.member_probabilities[0], unusual=ood.flagged
+        )
         analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings))
         return image, prediction, analysis, x
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import DISCLAIMER
-from .results import BAND_EXPLANATION, Agreement, Analysis, Anatomy, confidence_band
+from .results import BAND_EXPLANATION, Agreement, Analysis, Anatomy, Prediction
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 
@@ -139,7 +139,7 @@ def _finding(analysis: Analysis) -> str:
 def summary_sentence(analysis: Analysis) -> str:
     """The one-sentence quick summary."""
     prediction = analysis.prediction
-    band = confidence_band(prediction.confidence)
+    band = prediction.band
     finding = _finding(analysis)
     clauses = [
         f"{finding[0].upper()}{finding[1:]} "
@@ -149,6 +149,8 @@ def summary_sentence(analysis: Analysis) -> str:
         clauses.append("the input looks unlike the training images, so this result should not be relied on")
     elif band == "Low":
         clauses.append("the model is uncertain")
+    elif prediction.band_reasons:
+        clauses.append("the confidence band was lowered because the answer deserves less trust than its probability suggests")
     clauses.append("this is not a diagnosis")
     return "; ".join(clauses) + "."
 
@@ -160,7 +162,8 @@ def format_findings(analysis: Analysis) -> list[str]:
     return [
         f"- Calibrated probability of pneumonia: {percent(prediction.probability)}.",
         f"- Reported label: {prediction.label}, with {percent(prediction.confidence)} calibrated probability "
-        f"(confidence band: {confidence_band(prediction.confidence)}).",
+        f"(confidence band: {prediction.band}).",
+        *_uncertainty_lines(prediction),
         f"- Operating point: {operating_point_name(point.name)}" + (f" ({description})" if description else "")
         + f"; PNEUMONIA is reported when the probability is at least {percent(point.threshold)}. "
         f"On validation images it had sensitivity {percent(point.sensitivity)} "
@@ -169,9 +172,23 @@ def format_findings(analysis: Analysis) -> list[str]:
     ]
 
 
+def _uncertainty_lines(prediction: Prediction) -> list[str]:
+    """The ensemble's spread and, in plain words, why the band is lower than the probability alone gives."""
+    lines = []
+    if prediction.uncertainty is not None:
+        members = prediction.member_probabilities
+        lines.append(
+            f"- Uncertainty: the {len(members)} independently trained networks of the ensemble give P(pneumonia) "
+            f"from {percent(min(members))} to {percent(max(members))} (spread, one standard deviation: "
+            f"{percent(prediction.uncertainty)}); the larger the spread, the less the answer can be trusted."
+        )
+    lines += [f"- {reason}" for reason in prediction.band_reasons]
+    return lines
+
+
 def format_impression(analysis: Analysis) -> list[str]:
     prediction = analysis.prediction
-    band = confidence_band(prediction.confidence)
+    band = prediction.band
     lines = [
         f"At the {operating_point_name(prediction.operating_point.name)} operating point, "
         f"{_finding(analysis)}."

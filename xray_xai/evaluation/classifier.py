@@ -8,6 +8,12 @@ Writes ``OUT/metrics.json``, ``OUT/predictions.csv`` and PNG plots (ROC, precisi
 reliability before/after temperature scaling, one confusion matrix per operating point).
 Thresholds come from the model card (fitted on validation); nothing is re-fitted here.
 
+With the balanced operating point in the card, ``metrics.json`` also holds ``bands`` (number of
+films and accuracy per confidence band, after the app lowers bands for ensemble disagreement and
+unusual input), ``high_band_error_rate`` (wrong answers in the High band / all films) and how
+often wrong and right answers are flagged. ``--blur SIGMA`` scores softer copies of the films
+(a Gaussian blur at the model's input size) to measure robustness to acquisition shift.
+
 ``--split val`` keeps only the checkpoint's validation patients (``DIR`` = the training folder),
 so any checkpoint's validation numbers can be reproduced. ``--versus PATH`` scores a second
 checkpoint on the same images and adds a paired bootstrap of the AUROC difference (this one
@@ -45,24 +51,29 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
     roc_curve,
 )
+from scipy.ndimage import gaussian_filter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
 from ..calibration import OPERATING_POINTS, brier, ece, reliability_bins, sigmoid  # noqa: E402
 from ..classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, validation_samples  # noqa: E402
-from ..imaging import InputError, load_image  # noqa: E402
+from ..imaging import InputError, LoadedImage, load_image  # noqa: E402
 from ..model import DEFAULT_CHECKPOINT  # noqa: E402
+from ..ood import assess_ood  # noqa: E402
+from ..results import BANDS  # noqa: E402
 
 CI_LEVEL = 0.95
 
 
 @dataclass
 class Scored:
-    """Logits of the images that could be read, and the files that could not."""
+    """Scores of the images that could be read, and the files that could not."""
 
     samples: list[Sample]
     logits: np.ndarray  # raw (uncalibrated) logit of PNEUMONIA, one per sample
+    member_probabilities: np.ndarray  # (n, members) calibrated P(pneumonia) of each ensemble member
+    unusual: np.ndarray  # (n,) bool: the app's out-of-distribution check flags the film
     failures: list[tuple[str, str]]  # (file name, reason)
 
     @property
@@ -70,32 +81,98 @@ class Scored:
         return np.array([s.label for s in self.samples], dtype=int)
 
 
-def score_samples(classifier: Classifier, samples: list[Sample], batch_size: int = 32, progress: bool = True) -> Scored:
-    """Decode, preprocess and score ``samples`` in batches; unreadable files are skipped and listed."""
+def blur_input(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A Gaussian blur of ``sigma`` px at the model's input size (reflected borders): a softer film."""
+
+    def perturb(x: torch.Tensor) -> torch.Tensor:
+        blurred = gaussian_filter(x[0, 0].double().numpy(), sigma, mode="reflect")
+        return torch.from_numpy(blurred).to(x.dtype)[None, None].contiguous(memory_format=torch.channels_last)
+
+    return perturb
+
+
+def score_samples(
+    classifier: Classifier,
+    samples: list[Sample],
+    batch_size: int = 32,
+    progress: bool = True,
+    perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Scored:
+    """Decode, preprocess (then ``perturb``) and score ``samples`` in batches, with the app's own
+    out-of-distribution check; unreadable files are skipped and listed."""
     kept: list[Sample] = []
     failures: list[tuple[str, str]] = []
-    logits: list[torch.Tensor] = []
+    images: list[LoadedImage] = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     batch: list[torch.Tensor] = []
+    threshold = classifier.card.ood.get("threshold")
 
     def flush() -> None:
         if batch:
-            with torch.inference_mode():
-                logits.append(classifier.model(torch.cat(batch)).reshape(-1).double())
+            scores = classifier.score(torch.cat(batch))
+            distances = [None] * len(batch) if scores.distance is None else [float(d) for d in scores.distance]
+            unusual = [assess_ood(image, d, threshold).flagged for image, d in zip(images, distances)]
+            parts.append((scores.logits, scores.member_probabilities, np.array(unusual, dtype=bool)))
             batch.clear()
+            images.clear()
 
     for sample in tqdm(samples, desc="scoring", unit="img", file=sys.stderr, disable=not progress):
         try:
-            pixels = load_image(sample.path).pixels
+            image = load_image(sample.path)
         except InputError as error:
             failures.append((f"{CLASSES[sample.label]}/{sample.path.name}", str(error)))
             continue
-        batch.append(classifier.prepare(pixels))
+        x = classifier.prepare(image.pixels)
+        batch.append(x if perturb is None else perturb(x))
+        images.append(image)
         kept.append(sample)
         if len(batch) == batch_size:
             flush()
     flush()
-    values = torch.cat(logits).numpy() if logits else np.zeros(0)
-    return Scored(kept, values, failures)
+    if not parts:
+        return Scored(kept, np.zeros(0), np.zeros((0, 1)), np.zeros(0, dtype=bool), failures)
+    logits, members, unusual = (np.concatenate(column) for column in zip(*parts))
+    return Scored(kept, logits, members, unusual, failures)
+
+
+def band_metrics(labels: np.ndarray, scored: Scored, classifier: Classifier, operating_point: str = "balanced") -> dict:
+    """How far the app's confidence bands (after lowering for uncertainty and unusual input)
+    can be trusted at one operating point: accuracy per band, the wrong answers given in the
+    High band as a share of all films, and how often wrong and right answers are flagged
+    (a band below High or an out-of-distribution warning)."""
+    probs = calibrated(classifier, scored.logits)
+    predictions = [
+        classifier.decide(float(p), operating_point, members, bool(unusual))
+        for p, members, unusual in zip(probs, scored.member_probabilities, scored.unusual)
+    ]
+    positive = classifier.card.classes[1]
+    correct = np.array([(pred.label == positive) == bool(y) for pred, y in zip(predictions, labels)])
+    bands = np.array([pred.band for pred in predictions])
+    flagged = (bands != "High") | scored.unusual
+    lowered = np.array([bool(pred.band_reasons) for pred in predictions])
+    spread = np.array([pred.uncertainty if pred.uncertainty is not None else np.nan for pred in predictions])
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(mask.mean()) if mask.size else None
+
+    return {
+        "operating_point": operating_point,
+        "bands": {
+            name: {"n": int((bands == name).sum()), "accuracy": share(correct[bands == name])} for _, name in BANDS
+        },
+        "high_band_error_rate": float(((bands == "High") & ~correct).sum() / max(1, len(labels))),
+        "flagged": {
+            "rule": "band below High, or an out-of-distribution warning",
+            "wrong": {"n": int((~correct).sum()), "share_flagged": share(flagged[~correct])},
+            "right": {"n": int(correct.sum()), "share_flagged": share(flagged[correct])},
+        },
+        "band_lowered": {"wrong": share(lowered[~correct]), "right": share(lowered[correct])},
+        "out_of_distribution": int(scored.unusual.sum()),
+        "uncertainty": None
+        if np.isnan(spread).all()
+        else {"median_wrong": _finite_or_none(np.nanmedian(spread[~correct])) if (~correct).any() else None,
+              "median_right": _finite_or_none(np.nanmedian(spread[correct])) if correct.any() else None},
+    }
 
 
 def calibrated(classifier: Classifier, logits: np.ndarray) -> np.ndarray:
@@ -199,6 +276,7 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifi
         "auprc": float(average_precision_score(labels, probs)) if ranked else None,
         "ece": ece(probs, labels),
         "brier": brier(probs, labels),
+        "mean_probability": float(probs.mean()) if len(probs) else None,
         "uncalibrated": {"ece": ece(raw, labels), "brier": brier(raw, labels)},
         "operating_points": {
             name: threshold_metrics(labels, probs, card.operating_points[name]["threshold"])
@@ -286,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
     parser.add_argument("--split", choices=("all", "val"), default="all", help="val: only the checkpoint's validation patients")
     parser.add_argument("--versus", default=None, help="a second model card to compare with on the same images")
+    parser.add_argument("--blur", type=float, default=0.0, help="score softer copies: Gaussian blur of this sigma in px at the model's input size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -305,13 +384,16 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(str(error)) from None
     if not samples:
         raise SystemExit(f"No images found under {args.data}/{{{','.join(CLASSES)}}} (split {args.split}).")
-    scored = score_samples(classifier, samples, args.batch_size)
+    perturb = blur_input(args.blur) if args.blur > 0 else None
+    scored = score_samples(classifier, samples, args.batch_size, perturb=perturb)
     if not scored.samples:
         raise SystemExit(f"None of the {len(samples)} images under {args.data} could be read.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = scored.labels
     metrics = compute_metrics(labels, scored.logits, classifier, args.bootstrap, args.seed)
+    if "balanced" in classifier.card.operating_points:
+        metrics.update(band_metrics(labels, scored, classifier))
     metrics.update(
         data=str(Path(args.data).resolve()),
         checkpoint=str(Path(args.checkpoint).resolve()),
@@ -319,16 +401,18 @@ def main(argv: list[str] | None = None) -> dict:
         input_size=classifier.input_size,
         checkpoint_sha256=classifier.card.sha256,  # verified against the file on load
         split=args.split,
+        perturbation={"gaussian_blur_sigma_px": args.blur} if args.blur > 0 else None,
         failed={"count": len(scored.failures), "files": [{"file": f, "reason": r} for f, r in scored.failures]},
     )
     if args.versus:
         other = Classifier.load(args.versus)
-        other_logits = score_samples(other, scored.samples, args.batch_size).logits
+        other_logits = score_samples(other, scored.samples, args.batch_size, perturb=perturb).logits
         metrics["versus"] = versus_metrics(labels, scored.logits, classifier, other, other_logits, args.bootstrap, args.seed)
     metrics["plots"] = save_plots(out, labels, scored.logits, classifier, metrics)
     write_predictions(out / "predictions.csv", scored, calibrated(classifier, scored.logits))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "brier")}
+    summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "brier", "mean_probability")}
+    summary["high_band_error_rate"] = metrics.get("high_band_error_rate")
     summary["accuracy_at_balanced"] = metrics["operating_points"].get("balanced", {}).get("accuracy")
     if "versus" in metrics:
         summary["versus"] = {k: metrics["versus"][k] for k in ("arch", "auroc", "auroc_difference")}

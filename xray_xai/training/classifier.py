@@ -393,23 +393,27 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
         },
         latency={"single_image_ms": measure_latency(model, cfg.input_size), "threads": torch.get_num_threads()},
     )
-    card_path = out / "classifier.json"
     extras = {"ood_mean": torch.from_numpy(feat_mean), "ood_precision": torch.from_numpy(feat_precision)}
-    # Float16 convolution kernels halve the file; keep them only if the calibrated validation
-    # probabilities stay within FP16_TOLERANCE of the float32 model that was calibrated.
-    for dtype in (torch.float16, torch.float32):
-        save_checkpoint(model, card, card_path, extras, dtype=dtype)
-        reloaded, card, _ = load_checkpoint(card_path)
-        stored_p = sigmoid(predict_logits(reloaded, x_val) / temperature)
-        difference = float(np.max(np.abs(stored_p - cal_p)))
-        if difference <= FP16_TOLERANCE:
-            break
-    card.validation["stored_weights_max_abs_prob_diff"] = difference
-    save_checkpoint(reloaded, card, card_path, extras, dtype=dtype)
+    card = save_within_tolerance(model, card, out / "classifier.json", extras, x_val, cal_p)
     (out / "classifier_val_patients.json").write_text(
         json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
     )
     return card
+
+
+def save_within_tolerance(model, card: ModelCard, card_path: Path, extras: dict, x_val: torch.Tensor, cal_p: np.ndarray) -> ModelCard:
+    """Write the checkpoint with float16 convolution kernels (half the file) if the calibrated
+    validation probabilities stay within ``FP16_TOLERANCE`` of the float32 model that was
+    calibrated, else in float32; the measured difference goes into the card."""
+    for dtype in (torch.float16, torch.float32):
+        save_checkpoint(model, card, card_path, extras, dtype=dtype)
+        reloaded, card, _ = load_checkpoint(card_path)
+        stored_p = sigmoid(predict_logits(reloaded, x_val) / card.temperature)
+        difference = float(np.max(np.abs(stored_p - cal_p)))
+        if difference <= FP16_TOLERANCE:
+            break
+    card.validation["stored_weights_max_abs_prob_diff"] = difference
+    return save_checkpoint(reloaded, card, card_path, extras, dtype=dtype)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

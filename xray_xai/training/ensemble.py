@@ -1,0 +1,199 @@
+"""Assemble trained classifiers into one deep-ensemble checkpoint and calibrate it for shift.
+
+    python -m xray_xai.training.ensemble --data ../shared/data/chest_xray \
+        --members runs/candidates/a/classifier.json runs/candidates/b/classifier.json --out checkpoints/
+
+The members must share the architecture, the input and the validation patients (so that no
+member has seen a validation film). Everything fitted here comes from the training split and
+that validation split, never from a test film:
+
+- the **temperature** of the ensemble's mean logit is fitted on the validation films *and*
+  perturbed copies of them (blur, noise, exposure), so that it holds on softer, noisier or
+  differently exposed films than the training batch as well (Tomani et al., CVPR 2021:
+  post-hoc calibration under domain shift);
+- the **operating points** come from the clean validation films, as for a single network;
+- the **uncertainty limit**: the standard deviation of the members' calibrated probabilities
+  that only ``--uncertainty-quantile`` of validation films exceed; above it the app lowers the
+  confidence band by one step;
+- the **OOD statistics** are fitted on the members' pooled features side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
+from ..data import list_samples, split_with_patients
+from ..ensemble import Ensemble
+from ..model import ModelCard, load_checkpoint
+from ..ood import fit_feature_stats, mahalanobis
+from .classifier import blur_each, load_pixels, measure_latency, predict_logits, save_within_tolerance
+
+# Perturbations of the validation films that the temperature must hold on: softer films
+# (Gaussian blur, px at 224), noisier films and other exposures (gamma). Clean films are always included.
+Perturbation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+PERTURBATIONS: dict[str, Perturbation] = {
+    "blur_1px": lambda x, g: blur_each(x, torch.full((len(x),), 1.0)),
+    "blur_2px": lambda x, g: blur_each(x, torch.full((len(x),), 2.0)),
+    "noise_0.03": lambda x, g: (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1),
+    "gamma_0.7": lambda x, g: x.clamp_min(0) ** 0.7,
+    "gamma_1.4": lambda x, g: x.clamp_min(0) ** 1.4,
+}
+UNCERTAINTY_QUANTILE = 0.95
+
+
+def member_logits(model: Ensemble, pixels: torch.Tensor) -> np.ndarray:
+    """``(N, M)`` raw logits of each member for [0, 1] pixels."""
+    _, features = predict_logits(model, pixels, features=True)
+    with torch.inference_mode():
+        return model.member_logits_from_features(torch.from_numpy(features).float()).double().numpy()
+
+
+def shared_validation_patients(cards: list[Path]) -> set[str]:
+    """The validation patients of every member, which must be the same set."""
+    sets = [frozenset(json.loads((card.parent / "classifier_val_patients.json").read_text())["patients"]) for card in cards]
+    if len(set(sets)) != 1:
+        raise SystemExit("The members were validated on different patients: one member's validation films were another's training films.")
+    return set(sets[0])
+
+
+def assemble(cards: list[Path]) -> tuple[Ensemble, list[ModelCard]]:
+    """Load the members (each checked against its sha256) into one ensemble."""
+    loaded = [load_checkpoint(card) for card in cards]
+    member_cards = [card for _, card, _ in loaded]
+    first = member_cards[0]
+    for card in member_cards[1:]:
+        if (card.arch, card.input_size, card.mean, card.std, card.classes) != (first.arch, first.input_size, first.mean, first.std, first.classes):
+            raise SystemExit("Ensemble members must share architecture, input size, normalisation and classes.")
+    ensemble = Ensemble([model for model, _, _ in loaded]).eval().to(memory_format=torch.channels_last)
+    return ensemble, member_cards
+
+
+def perturbed_logits(model: Ensemble, x_val: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ensemble logits of the clean validation films and of each perturbed copy."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {"clean": predict_logits(model, x_val)}
+    for name, perturb in PERTURBATIONS.items():
+        out[name] = predict_logits(model, perturb(x_val.float(), generator))
+    return out
+
+
+def calibration_report(logits: dict[str, np.ndarray], labels: np.ndarray, temperature: float) -> dict[str, dict[str, float]]:
+    """ECE and NLL per validation set (clean and each perturbation), before and after the temperature."""
+    report = {}
+    for name, z in logits.items():
+        raw, cal = sigmoid(z), sigmoid(z / temperature)
+        report[name] = {
+            "auroc": float(roc_auc_score(labels, cal)),
+            "ece_before": ece(raw, labels),
+            "ece_after": ece(cal, labels),
+            "nll_before": nll(raw, labels),
+            "nll_after": nll(cal, labels),
+        }
+    return report
+
+
+def build(args: argparse.Namespace) -> ModelCard:
+    cards = [Path(p) for p in args.members]
+    if len(cards) < 2:
+        raise SystemExit("An ensemble needs at least two members.")
+    ensemble, member_cards = assemble(cards)
+    val_patients = shared_validation_patients(cards)
+    train_set, val_set = split_with_patients(list_samples(Path(args.data) / "train"), val_patients)
+    y_val = np.array([s.label for s in val_set])
+    size = member_cards[0].input_size
+    x_train = load_pixels(train_set, size, "decode train")
+    x_val = load_pixels(val_set, size, "decode val")
+
+    logits = perturbed_logits(ensemble, x_val, args.seed)
+    temperature = fit_temperature(np.concatenate(list(logits.values())), np.tile(y_val, len(logits)))
+    clean_p = sigmoid(logits["clean"] / temperature)
+    spread = sigmoid(member_logits(ensemble, x_val) / temperature).std(axis=1)
+    _, train_features = predict_logits(ensemble, x_train, features=True)
+    _, val_features = predict_logits(ensemble, x_val, features=True)
+    feature_mean, feature_precision = fit_feature_stats(train_features)
+    val_distance = mahalanobis(val_features, feature_mean, feature_precision)
+
+    first = member_cards[0]
+    card = ModelCard(
+        arch=first.arch,
+        input_size=first.input_size,
+        mean=first.mean,
+        std=first.std,
+        classes=first.classes,
+        members=len(cards),
+        temperature=temperature,
+        operating_points=operating_points(clean_p, y_val),
+        validation={
+            "n": int(len(y_val)),
+            "auroc": float(roc_auc_score(y_val, clean_p)),
+            "nll_before": nll(sigmoid(logits["clean"]), y_val),
+            "nll_after": nll(clean_p, y_val),
+            "ece_before": ece(sigmoid(logits["clean"]), y_val),
+            "ece_after": ece(clean_p, y_val),
+            "brier_before": brier(sigmoid(logits["clean"]), y_val),
+            "brier_after": brier(clean_p, y_val),
+            "perturbed": calibration_report(logits, y_val, temperature),
+            "members_auroc": [float(roc_auc_score(y_val, sigmoid(z))) for z in member_logits(ensemble, x_val).T],
+        },
+        training={
+            "command": " ".join(["python -m xray_xai.training.ensemble"] + sys.argv[1:]),
+            "ensemble": "mean of the members' logits (each member's prior correction already in its bias)",
+            "calibration": "one temperature for the mean logit, fitted on the clean validation films and on "
+            f"copies perturbed by {', '.join(PERTURBATIONS)} (Tomani et al. 2021)",
+            "members": [
+                {"card": str(path), "sha256": card.sha256, "command": card.training.get("command"), "wall_time_s": card.training.get("wall_time_s")}
+                for path, card in zip(cards, member_cards)
+            ],
+        },
+        data={**first.data, "members_share_validation_patients": True},
+        ood={
+            "feature": "penultimate layer (global average pool) of every member, side by side",
+            "distance": "Mahalanobis, Ledoit-Wolf shrinkage, fitted on training features",
+            "threshold": float(np.percentile(val_distance, 99)),
+            "threshold_rule": "99th percentile of validation distances",
+        },
+        uncertainty={
+            "measure": "standard deviation of the members' calibrated P(pneumonia)",
+            "quantile": args.uncertainty_quantile,
+            "threshold": float(np.quantile(spread, args.uncertainty_quantile)),
+            "rule": "above the threshold (exceeded by this share of validation films) the confidence band is lowered one step",
+            "validation_median": float(np.median(spread)),
+        },
+        latency={"single_image_ms": measure_latency(ensemble, size), "threads": torch.get_num_threads()},
+    )
+    out = Path(args.out)
+    extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
+    card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
+    (out / "classifier_val_patients.json").write_text((cards[0].parent / "classifier_val_patients.json").read_text())
+    return card
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
+    parser.add_argument("--members", nargs="+", required=True, help="model cards of the trained members")
+    parser.add_argument("--out", default="checkpoints/", help="where the ensemble's classifier.json and weights are written")
+    parser.add_argument("--uncertainty-quantile", type=float, default=UNCERTAINTY_QUANTILE)
+    parser.add_argument("--seed", type=int, default=0, help="noise of the perturbed validation copies")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    card = build(args)
+    print(json.dumps({"validation": {k: v for k, v in card.validation.items() if k != "perturbed"}, "uncertainty": card.uncertainty}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
