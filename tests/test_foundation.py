@@ -21,11 +21,6 @@ from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Trai
 from xray_xai.training.classifier import main as train_main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 # --- data -------------------------------------------------------------------------------------
 
 
