@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .. import CLASSES
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import Sample, list_samples, split_by_patient, validation_samples
+from ..data import Sample, list_samples, seeded_subset, split_by_patient, validation_samples
 from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
 from ..ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
@@ -245,10 +245,7 @@ def train(args: argparse.Namespace) -> ModelCard:
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    samples = list_samples(Path(args.data) / "train")
-    if args.limit:
-        rng = np.random.default_rng(cfg.seed)
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.limit, len(samples)), replace=False))]
+    samples = seeded_subset(list_samples(Path(args.data) / "train"), args.limit, cfg.seed)
     train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.split_seed)
     y_train = np.array([s.label for s in train_set])
     y_val = np.array([s.label for s in val_set])

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..data import Sample, list_samples
+from ..data import Sample, list_samples, seeded_subset
 from ..evaluation.lungs import SPLIT_SEED, VAL_FRACTION, evaluate, paired, read_mask, select_split
 from ..lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..model import save_checkpoint
@@ -119,13 +119,6 @@ def segment_latency_ms(segmenter: LungSegmenter, repeats: int = 30) -> float:
     return float(np.median(times) * 1000)
 
 
-def limited(items: list, limit: int, seed: int) -> list:
-    if not limit or limit >= len(items):
-        return items
-    rng = np.random.default_rng(seed)
-    return [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
-
-
 def train(args: argparse.Namespace) -> LungCard:
     cfg = LungTrainConfig(encoder=args.encoder, decoder_channels=tuple(args.decoder_channels), input_size=args.input_size,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -137,8 +130,8 @@ def train(args: argparse.Namespace) -> LungCard:
     samples = list_samples(Path(args.data) / "train")
     mask_dir = Path(args.masks) / "train"
     train_all, val_all = select_split(samples, "train"), select_split(samples, "val")
-    train_pairs = limited(paired(train_all, mask_dir), args.limit, cfg.seed)
-    val_pairs = limited(paired(val_all, mask_dir), max(2, args.limit // 6) if args.limit else 0, cfg.seed)
+    train_pairs = seeded_subset(paired(train_all, mask_dir), args.limit, cfg.seed)
+    val_pairs = seeded_subset(paired(val_all, mask_dir), max(2, args.limit // 6) if args.limit else 0, cfg.seed)
     skipped = len(samples) - len(paired(train_all, mask_dir)) - len(paired(val_all, mask_dir))
     print(f"train {len(train_pairs)} image/mask pairs, val {len(val_pairs)} "
           f"({len({s.patient for s, _ in val_pairs})} patients), {skipped} images without a mask skipped", flush=True)
