@@ -32,6 +32,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from .cam import private_copy
+from .results import Region
 
 BASELINES = ("blur", "mean", "zero")
 # Gaussian sigma of the "blur" baseline as a fraction of the input size (16 px at 224 px).
@@ -45,8 +46,6 @@ BLUR_SIGMA_FRACTION = 1.0 / 14.0
 # per pixel than the full map (smaller matrices, gathering), so crops of more than about 60%
 # of the map stop paying off (measured with benchmarks/occlusion.py on resnet18 at 224 px).
 CROP_AREA_LIMIT = 0.6
-
-Region = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, model-input pixels
 
 
 class OcclusionError(ValueError):
