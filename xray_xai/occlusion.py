@@ -30,6 +30,7 @@ from scipy.ndimage import gaussian_filter
 from timm.layers import DropPath
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .cam import private_copy
 from .results import Region
@@ -322,14 +323,11 @@ def _fold(module: nn.Module) -> None:
 @torch.no_grad()
 def _merge(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """Give ``conv`` new weight and bias tensors equal to conv followed by ``norm`` (eval mode)."""
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
-    conv.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
-    conv.bias = nn.Parameter(
-        ((bias - norm.running_mean.double()) * scale + norm.bias.double()).to(weight.dtype),
-        requires_grad=False,
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )
+    conv.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+    conv.bias = nn.Parameter(bias, requires_grad=False)
 
 
 @dataclass(frozen=True)
