@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pydicom.config
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -57,18 +57,6 @@ MIN_SIDE = 32  # below this a radiograph carries no usable detail (the model see
 SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
 _RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")  # JPEG includes MPO
 _COLOUR_SAMPLE_SIDE = 256  # colourfulness is measured on a thumbnail of at most this side
-
-# EXIF Orientation tag value -> the PIL transpose that displays the image upright.
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 _NON_IMAGE_SIGNATURES = (
     (b"%PDF", "a PDF document"),
@@ -232,13 +220,12 @@ def _load_raster(data: bytes) -> LoadedImage:
 
 
 def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
+    """The image as displayed, upright by its EXIF Orientation tag (damaged EXIF: as stored)."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return ImageOps.exif_transpose(image)
     except Exception:
         notes.append("The image's EXIF data is damaged; its orientation tag was ignored.")
         return image
-    method = _EXIF_TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
 
 
 def _raster_to_gray(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float]:
