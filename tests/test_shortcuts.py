@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tiny import lung_mask, make_tiny_checkpoint, make_tiny_dataset, synthetic_radiograph
@@ -30,11 +29,6 @@ class FixedSegmenter:
     def segment(self, pixels: np.ndarray) -> LungMask:
         mask = lung_mask(SIZE, SIZE) > 0
         return LungMask(mask=mask, probability=mask.astype(np.float32), ok=self.ok, note=None if self.ok else "implausible")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 def png(label: int) -> bytes:
