@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from xray_xai.anatomy import (
-    OUTSIDE,
-    ZONES,
     analyze_anatomy,
     image_zone_shares,
     lung_box,
@@ -17,7 +15,7 @@ from xray_xai.anatomy import (
     zone_shares,
 )
 from xray_xai.lungs import LungMask, finish_mask
-from xray_xai.results import to_jsonable
+from xray_xai.results import OUTSIDE_KEY, ZONE_KEYS, to_jsonable
 
 SIZE = 224
 
@@ -45,7 +43,7 @@ def lung_mask(mask: np.ndarray = LUNGS) -> LungMask:
 def test_map_on_the_image_left_lung_is_the_patients_right():
     shares = zone_shares(blob(170, 65), LUNGS)
     assert shares["right lower"] > 0.95
-    assert sum(shares[z] for z in ZONES if z.startswith("left")) < 0.01
+    assert sum(shares[z] for z in ZONE_KEYS if z.startswith("left")) < 0.01
 
 
 def test_map_on_the_image_right_lung_is_the_patients_left():
@@ -62,7 +60,7 @@ def test_zones_are_thirds_of_each_lungs_own_extent():
 
 def test_zones_and_outside_partition_the_image():
     zones = zone_masks(LUNGS)
-    assert set(zones) == set(ZONES)
+    assert set(zones) == set(ZONE_KEYS)
     coverage = sum(z.astype(int) for z in zones.values()) + (~LUNGS).astype(int)
     assert np.all(coverage == 1)
 
@@ -70,15 +68,15 @@ def test_zones_and_outside_partition_the_image():
 def test_shares_sum_to_one_and_have_the_documented_keys():
     heatmap = np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)
     shares = zone_shares(heatmap, LUNGS)
-    assert set(shares) == set(ZONES) | {OUTSIDE}
+    assert set(shares) == set(ZONE_KEYS) | {OUTSIDE_KEY}
     assert sum(shares.values()) == pytest.approx(1.0)
     # A uniform map puts the non-lung area fraction outside.
-    assert zone_shares(np.ones((SIZE, SIZE)), LUNGS)[OUTSIDE] == pytest.approx(1 - LUNGS.mean())
+    assert zone_shares(np.ones((SIZE, SIZE)), LUNGS)[OUTSIDE_KEY] == pytest.approx(1 - LUNGS.mean())
 
 
 def test_negative_values_do_not_count_and_an_empty_map_has_no_shares():
     heatmap = blob(170, 65) - blob(20, 20)  # negative evidence outside the lungs
-    assert zone_shares(heatmap, LUNGS)[OUTSIDE] < 0.01
+    assert zone_shares(heatmap, LUNGS)[OUTSIDE_KEY] < 0.01
     assert all(v == 0 for v in zone_shares(np.zeros((SIZE, SIZE)), LUNGS).values())
 
 
@@ -91,7 +89,7 @@ def test_a_coarse_map_is_resized_to_the_mask():
 
 def test_image_zone_fallback_keeps_the_side_convention():
     shares = image_zone_shares(blob(30, 40))
-    assert set(shares) == set(ZONES)
+    assert set(shares) == set(ZONE_KEYS)
     assert shares["right upper"] > 0.95
     assert image_zone_shares(blob(200, 200))["left lower"] > 0.95
 
@@ -127,7 +125,7 @@ def test_fallback_when_segmentation_fails_its_check(mask):
     assert not anatomy.segmentation_ok
     assert lung.note in anatomy.segmentation_note
     assert not anatomy.shortcut_warning and anatomy.outside_lung_share == {}
-    assert set(anatomy.zones["gradcam"]) == set(ZONES)
+    assert set(anatomy.zones["gradcam"]) == set(ZONE_KEYS)
     json.dumps(to_jsonable(anatomy))
 
 

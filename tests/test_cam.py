@@ -15,14 +15,6 @@ from xray_xai.cam import CAM_METHODS, CamError, cam_class, compute_cam, find_tar
 from xray_xai.model import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)

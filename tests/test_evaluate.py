@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai import CLASSES
 from xray_xai.classifier import Classifier
+from xray_xai.data import list_samples
 from xray_xai.evaluation.classifier import bootstrap_auroc_ci, compute_metrics, main, paired_auroc_difference, threshold_metrics
-from xray_xai.model import ModelCard, sha256_file
+from xray_xai.imaging import load_image
+from xray_xai.model import ModelCard, save_checkpoint, sha256_file
 
 OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}
 
@@ -23,10 +28,34 @@ OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "
 def tiny(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint")
     data = make_tiny_dataset(root / "data", per_class=4)
+    checkpoint = spread_checkpoint(root / "checkpoint", data)
     (data / "PNEUMONIA" / "person999_virus_1.png").write_bytes(b"not an image")
     return root, checkpoint, data
+
+
+def image_logits(classifier: Classifier, samples: list) -> np.ndarray:
+    """Raw logits, one image at a time through the app's loader and preprocessing."""
+    with torch.inference_mode():
+        return np.array([float(classifier.model(classifier.prepare(load_image(s.path).pixels))) for s in samples])
+
+
+def spread_checkpoint(folder, data) -> Path:
+    """A tiny checkpoint whose head is rescaled so that its logits on ``data`` span about -4..4.
+
+    A random network scores every image alike (P ~ 0.501); spread scores make the calibration
+    bins and the operating-point thresholds matter.
+    """
+    path = make_tiny_checkpoint(folder)
+    classifier = Classifier.load(path)
+    logits = image_logits(classifier, list_samples(data))
+    scale = 8 / np.ptp(logits)
+    head = classifier.model.get_classifier()
+    with torch.no_grad():
+        head.weight *= scale
+        head.bias.copy_((head.bias - float(np.mean(logits))) * scale)
+    save_checkpoint(classifier.model, classifier.card, path)
+    return path
 
 
 def card_only_classifier(temperature: float = 1.0) -> Classifier:
@@ -52,22 +81,52 @@ def test_cli_writes_every_metric_and_plot(tiny):
     assert metrics["failed"]["count"] == 1
     assert metrics["failed"]["files"][0]["file"] == "PNEUMONIA/person999_virus_1.png"
     assert metrics["checkpoint_sha256"] == sha256_file(checkpoint.with_suffix(".safetensors"))
-    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["auprc"] <= 1
+
+    # The same predictions made independently, one image at a time, and scored with sklearn / numpy.
+    card = json.loads(checkpoint.read_text())
+    classifier = Classifier.load(checkpoint)
+    readable = [s for s in list_samples(data) if s.path.name != "person999_virus_1.png"]
+    y = np.array([s.label for s in readable])
+    logits = image_logits(classifier, readable)
+    raw, p = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-logits / card["temperature"]))
+    assert len(set(np.floor(p * 15))) >= 4  # spread over several calibration bins
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert metrics["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-9)
     lo, hi = metrics["auroc_ci95"]
     assert 0 <= lo <= hi <= 1
-    for block in (metrics, metrics["uncalibrated"]):
-        assert 0 <= block["ece"] <= 1 and 0 <= block["brier"] <= 1
+    for block, probs in ((metrics, p), (metrics["uncalibrated"], raw)):
+        assert block["brier"] == pytest.approx(np.mean((probs - y) ** 2), abs=1e-4)  # batched vs one by one: float noise
+        assert block["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-4)
     assert set(metrics["operating_points"]) == {"balanced", "screening", "rule_in"}
     for name, point in metrics["operating_points"].items():
         assert OPERATING_POINT_KEYS <= set(point)
-        assert point["threshold"] == json.loads(checkpoint.read_text())["operating_points"][name]["threshold"]
-        (tn, fp), (fn, tp) = point["confusion"]
-        assert tn + fp == 4 and fn + tp == 4
-        for key in OPERATING_POINT_KEYS - {"threshold", "confusion"}:
-            assert point[key] is None or 0 <= point[key] <= 1
+        assert point["threshold"] == card["operating_points"][name]["threshold"]
+        positive = p >= point["threshold"]
+        tp, fp = int((positive & (y == 1)).sum()), int((positive & (y == 0)).sum())
+        fn, tn = 4 - tp, 4 - fp
+        assert point["confusion"] == [[tn, fp], [fn, tp]]
+        assert point["accuracy"] == pytest.approx((tp + tn) / 8)
+        assert point["sensitivity"] == pytest.approx(tp / 4) and point["specificity"] == pytest.approx(tn / 4)
+        assert point["balanced_accuracy"] == pytest.approx((tp / 4 + tn / 4) / 2)
+        assert point["ppv"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
+        assert point["npv"] == (pytest.approx(tn / (tn + fn)) if tn + fn else None)
+    assert len({(point["confusion"][1][1], point["confusion"][0][1]) for point in metrics["operating_points"].values()}) > 1
     for plot in ("roc.png", "pr.png", "reliability.png", "confusion_balanced.png", "confusion_screening.png", "confusion_rule_in.png"):
         assert (out / plot).stat().st_size > 1000, plot
-    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 8
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    by_file = {f"{CLASSES[s.label]}/{s.path.name}": probability for s, probability in zip(readable, p)}
+    assert len(rows) == 8 and all(float(r["probability"]) == pytest.approx(by_file[r["file"]], abs=1e-4) for r in rows)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over equal-width bins [k/n, (k+1)/n) (the last one closed): sum of |mean p - positive rate| * bin share."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    total = 0.0
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        member = (probs >= lo) & ((probs < hi) | (k == n_bins - 1))
+        if member.any():
+            total += member.mean() * abs(probs[member].mean() - labels[member].mean())
+    return total
 
 
 def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):

@@ -15,11 +15,6 @@ SIZE, STEP = 16, 16
 PATCH = (slice(4, 8), slice(4, 8))  # 16 pixels: exactly one step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def patch_score(batch: torch.Tensor) -> np.ndarray:
     """A 'model' whose score is the mean intensity of a known patch (in [0, 1])."""
     return batch[:, 0, PATCH[0], PATCH[1]].mean(dim=(1, 2)).numpy()

@@ -17,13 +17,9 @@ from xray_xai.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, lr_at
+from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment
 from xray_xai.training.classifier import main as train_main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+from xray_xai.training.loop import lr_at
 
 
 # --- data -------------------------------------------------------------------------------------

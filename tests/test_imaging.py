@@ -130,14 +130,11 @@ def _example_radiograph() -> np.ndarray | None:
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no trained checkpoint at checkpoints/classifier.json yet")
 @pytest.mark.parametrize("source", ["synthetic", "example"])
 def test_every_variant_gets_the_same_probability(source):
-    import torch
-
     from xray_xai.classifier import Classifier
 
     pixels = CHEST if source == "synthetic" else _example_radiograph()
     if pixels is None:
         pytest.skip("no example radiographs in examples/")
-    torch.set_num_threads(1)
     classifier = Classifier.load(DEFAULT_CHECKPOINT)
     reference = classifier.predict(pixels).probability
     variants = {**lossless_variants(pixels), **lossy_variants(pixels)}
@@ -175,6 +172,28 @@ def test_dicom_window_and_voi_lut_are_applied():
     ds.save_as(buffer)
     with_lut = load_image(buffer.getvalue()).pixels
     assert with_lut[0, stored[0] >= 2040].min() == 1.0 and with_lut[0, 0] == 0.0
+
+
+# DICOM PS3.3 C.11.2.1.2.1 and C.11.2.1.3: the VOI LUT functions, here with output range [0, 1].
+VOI_FUNCTIONS = {
+    "LINEAR": lambda x, c, w: np.select([x <= c - 0.5 - (w - 1) / 2, x > c - 0.5 + (w - 1) / 2], [0.0, 1.0], (x - (c - 0.5)) / (w - 1) + 0.5),
+    "LINEAR_EXACT": lambda x, c, w: np.select([x <= c - w / 2, x > c + w / 2], [0.0, 1.0], (x - c) / w + 0.5),
+    "SIGMOID": lambda x, c, w: 1 / (1 + np.exp(-4 * (x - c) / w)),
+}
+
+
+@pytest.mark.parametrize("function", sorted(VOI_FUNCTIONS))
+def test_dicom_window_functions_follow_the_standard(function):
+    stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (32, 1))  # 0..4080
+    slope, intercept, center, width = 2.0, -1000.0, 2500.0, 2001.0
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(stored, slope=slope, intercept=intercept, window=(center, width), bits_stored=12)))
+    ds.VOILUTFunction = function
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    pixels = load_image(buffer.getvalue()).pixels
+    expected = VOI_FUNCTIONS[function](stored * slope + intercept, center, width)  # window on the modality values
+    assert expected.min() < 0.01 and expected.max() > 0.99  # the ramp reaches both ends of the window
+    np.testing.assert_allclose(pixels, expected, atol=1e-6, rtol=0)
 
 
 def test_monochrome1_is_inverted_so_that_zero_is_black():

@@ -19,14 +19,6 @@ from xray_xai.model import CheckpointError, save_checkpoint, sha256_file
 TINY = LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return ((yy - cy * shape[0]) / (ry * shape[0])) ** 2 + ((xx - cx * shape[1]) / (rx * shape[1])) ** 2 <= 1

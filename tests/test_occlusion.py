@@ -21,14 +21,6 @@ from xray_xai.occlusion import (
 SIZE = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sensitive(arch: str, x: torch.Tensor, seed: int = 0) -> nn.Module:
     """A random timm model with non-trivial BatchNorm statistics whose clean P is 0.5 and whose
     logit moves by several units under occlusion (so any indexing error shows in the maps)."""

@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from .results import Agreement
+from .results import Agreement, Region
 
 TOP_FRACTION = 0.2
 # Verdict thresholds. "agree": a clear rank correlation AND hot spots that overlap well
@@ -23,9 +23,6 @@ AGREE_SPEARMAN = 0.5
 AGREE_IOU = 0.4
 DISAGREE_SPEARMAN = 0.2
 DISAGREE_IOU = 0.15
-
-Region = tuple[int, int, int, int]
-
 
 def agreement(
     cam_map: np.ndarray,

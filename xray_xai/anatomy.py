@@ -12,12 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .lungs import LungMask, components, centroid_column
-from .results import Anatomy
-
-SIDES = ("right", "left")  # patient's sides, in image order (image left first)
-LEVELS = ("upper", "middle", "lower")
-ZONES = tuple(f"{side} {level}" for side in SIDES for level in LEVELS)
-OUTSIDE = "outside lungs"
+from .results import LEVELS, OUTSIDE_KEY, SIDES, Anatomy
 
 # Used for a method the lung card has no calibrated threshold for. The lung outlines include the
 # heart, so a map spread uniformly over a typical radiograph (lungs ~33% of it) already has ~67%
@@ -87,7 +82,7 @@ def zone_shares(heatmap: np.ndarray, lung_mask: np.ndarray) -> dict[str, float]:
     """
     lung_mask = np.asarray(lung_mask, dtype=bool)
     regions = zone_masks(lung_mask)
-    regions[OUTSIDE] = ~lung_mask
+    regions[OUTSIDE_KEY] = ~lung_mask
     return _shares(_mass(heatmap, lung_mask.shape), regions)
 
 
@@ -116,7 +111,7 @@ def analyze_anatomy(
         )
     thresholds = shortcut_threshold or {}
     zones = {method: zone_shares(heatmap, lung.mask) for method, heatmap in maps.items()}
-    outside = {method: shares[OUTSIDE] for method, shares in zones.items()}
+    outside = {method: shares[OUTSIDE_KEY] for method, shares in zones.items()}
     flagged = tuple(m for m, share in outside.items() if share > thresholds.get(m, DEFAULT_SHORTCUT_THRESHOLD))
     return Anatomy(
         segmentation_ok=True,

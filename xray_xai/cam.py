@@ -36,12 +36,6 @@ CAM_METHODS: dict[str, str] = {
     "gradcam++": "GradCAMPlusPlus",
     "layercam": "LayerCAM",
 }
-CAM_NAMES = {
-    "gradcam": "Grad-CAM",
-    "hirescam": "HiResCAM",
-    "gradcam++": "Grad-CAM++",
-    "layercam": "LayerCAM",
-}
 
 _LOCK = threading.Lock()
 

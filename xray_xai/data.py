@@ -11,10 +11,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from . import CLASSES
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ""}
 
@@ -96,9 +99,12 @@ def validation_samples(samples: list[Sample], checkpoint: str | Path) -> list[Sa
     return split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]
 
 
-def seeded_subset(samples: list[Sample], limit: int, seed: int = 0) -> list[Sample]:
-    """A seeded random ``limit`` of the samples, in their original order (all when ``limit`` is 0)."""
-    if not limit or len(samples) <= limit:
-        return samples
-    keep = np.sort(np.random.default_rng(seed).choice(len(samples), limit, replace=False))
-    return [samples[i] for i in keep]
+def seeded_subset(items: list[T], limit: int, seed: int = 0) -> list[T]:
+    """A seeded random ``limit`` of the items, in their original order (all when ``limit`` is 0).
+
+    The one way runs are cut down (``--limit``), so the same seed picks the same images everywhere.
+    """
+    if not limit or len(items) <= limit:
+        return items
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
+    return [items[i] for i in keep]

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pydicom.config
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # pydicom's validation warnings and log records can quote header values (names, dates,
@@ -57,18 +57,6 @@ MIN_SIDE = 32  # below this a radiograph carries no usable detail (the model see
 SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
 _RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")  # JPEG includes MPO
 _COLOUR_SAMPLE_SIDE = 256  # colourfulness is measured on a thumbnail of at most this side
-
-# EXIF Orientation tag value -> the PIL transpose that displays the image upright.
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 _NON_IMAGE_SIGNATURES = (
     (b"%PDF", "a PDF document"),
@@ -232,13 +220,12 @@ def _load_raster(data: bytes) -> LoadedImage:
 
 
 def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
+    """The image as displayed, upright by its EXIF Orientation tag (damaged EXIF: as stored)."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return ImageOps.exif_transpose(image)
     except Exception:
         notes.append("The image's EXIF data is damaged; its orientation tag was ignored.")
         return image
-    method = _EXIF_TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
 
 
 def _raster_to_gray(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float]:
@@ -405,17 +392,20 @@ def _first_value(value) -> float:
 
 
 def _apply_window(values: np.ndarray, center: float, width: float, ds: pydicom.Dataset) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1 window (LINEAR, LINEAR_EXACT or SIGMOID) onto [0, 1]."""
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    """DICOM PS3.3 C.11.2.1 window (LINEAR, LINEAR_EXACT or SIGMOID) onto [0, 1], by pydicom.
+
+    pydicom windows onto the range of the stored values; the window is therefore handed over in
+    a dataset of one-bit unsigned values, whose range is [0, 1]. Raises ValueError for an
+    unsupported function or an invalid width.
+    """
     if not (np.isfinite(center) and np.isfinite(width)):
         raise ValueError("non-finite window")
-    if function == "SIGMOID" and width > 0:
-        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -50, 50)))
-    if function == "LINEAR_EXACT" and width > 0:
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    if function == "LINEAR" and width >= 1:
-        return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
-    raise ValueError("unsupported window")
+    window = pydicom.Dataset()
+    window.PhotometricInterpretation = "MONOCHROME2"
+    window.BitsStored, window.PixelRepresentation = 1, 0
+    window.WindowCenter, window.WindowWidth = center, width
+    window.VOILUTFunction = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    return apply_windowing(values, window)
 
 
 def _dicom_colour(frame: np.ndarray, ds: pydicom.Dataset, photometric: str, notes: list[str]) -> tuple[np.ndarray, float]:

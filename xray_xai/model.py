@@ -70,11 +70,9 @@ def create_model(arch: str, in_chans: int = 1, num_classes: int = 1, **kwargs: A
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, read in chunks (weight files can be large)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def save_checkpoint(

@@ -30,9 +30,11 @@ from scipy.ndimage import gaussian_filter
 from timm.layers import DropPath
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .cam import private_copy
 from .ensemble import members
+from .results import Region
 
 BASELINES = ("blur", "mean", "zero")
 # Gaussian sigma of the "blur" baseline as a fraction of the input size (16 px at 224 px).
@@ -46,8 +48,6 @@ BLUR_SIGMA_FRACTION = 1.0 / 14.0
 # per pixel than the full map (smaller matrices, gathering), so crops of more than about 60%
 # of the map stop paying off (measured with benchmarks/occlusion.py on resnet18 at 224 px).
 CROP_AREA_LIMIT = 0.6
-
-Region = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, model-input pixels
 
 
 class OcclusionError(ValueError):
@@ -340,14 +340,11 @@ def _fold(module: nn.Module) -> None:
 @torch.no_grad()
 def _merge(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """Give ``conv`` new weight and bias tensors equal to conv followed by ``norm`` (eval mode)."""
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
-    conv.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
-    conv.bias = nn.Parameter(
-        ((bias - norm.running_mean.double()) * scale + norm.bias.double()).to(weight.dtype),
-        requires_grad=False,
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )
+    conv.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+    conv.bias = nn.Parameter(bias, requires_grad=False)
 
 
 @dataclass(frozen=True)

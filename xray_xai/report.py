@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import DISCLAIMER
-from .results import BAND_EXPLANATION, Agreement, Analysis, Anatomy, Prediction
+from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 
@@ -24,9 +24,6 @@ METHOD_NAMES = {
     "occlusion": "Occlusion",
 }
 
-# Canonical zone order (patient's sides); also breaks ties between equal shares.
-ZONE_KEYS = ("right upper", "right middle", "right lower", "left upper", "left middle", "left lower")
-OUTSIDE_KEY = "outside lungs"
 MIN_NAMED_SHARE = 0.10  # zones holding at least this share of a map are named
 
 

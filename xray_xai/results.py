@@ -17,6 +17,16 @@ BAND_EXPLANATION = (
 )
 
 
+# Zone keys of ``Anatomy.zones``. Sides are the PATIENT's, in image order (the patient's right
+# is on the image's left); ZONE_KEYS is the canonical order, which also breaks ties in the report.
+SIDES = ("right", "left")
+LEVELS = ("upper", "middle", "lower")
+ZONE_KEYS = tuple(f"{side} {level}" for side in SIDES for level in LEVELS)
+OUTSIDE_KEY = "outside lungs"
+
+Region = tuple[int, int, int, int]  # a box (y0, y1, x0, x1), half-open, in model-input pixels
+
+
 def confidence_band(confidence: float) -> str:
     """Band name for the calibrated probability of the reported label."""
     for lower, name in BANDS:

@@ -42,13 +42,14 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
-from ..anatomy import OUTSIDE, zone_shares  # noqa: E402
+from ..anatomy import zone_shares  # noqa: E402
 from ..cam import compute_cam  # noqa: E402
 from ..classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
 from ..model import DEFAULT_CHECKPOINT  # noqa: E402
 from ..occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+from ..results import OUTSIDE_KEY  # noqa: E402
 
 METHODS = ("gradcam", "occlusion", "random")
 STEP_PIXELS = 224  # pixels changed per step, as in RISE
@@ -117,7 +118,7 @@ def lung_figures(saliency: np.ndarray, lungs: np.ndarray) -> tuple[float | None,
     """
     saliency = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
     peak_inside = bool(lungs.flat[int(np.argmax(saliency))]) if saliency.max() > saliency.min() else None
-    share = 1.0 - zone_shares(saliency, lungs)[OUTSIDE] if (saliency > 0).any() else None
+    share = 1.0 - zone_shares(saliency, lungs)[OUTSIDE_KEY] if (saliency > 0).any() else None
     return share, peak_inside
 
 

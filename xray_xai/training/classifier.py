@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from timm.utils import ModelEmaV3
 from scipy.ndimage import gaussian_filter
@@ -31,10 +30,11 @@ from tqdm import tqdm
 
 from .. import CLASSES
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import Sample, list_samples, split_by_patient, validation_samples
+from ..data import Sample, list_samples, seeded_subset, split_by_patient, validation_samples
 from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
 from ..ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
+from .loop import Schedule, Validation, best_weights, run_epochs
 
 NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
 SHARPNESS_SIGMA = 1.0  # px at 224: the scale of the detail that the sharpness augmentation scales
@@ -167,13 +167,6 @@ def initial_weights(card_path: str, arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def to_input(pixels: torch.Tensor) -> torch.Tensor:
     mean, std = NORMALISATION
     return normalize(pixels.float(), mean, std).contiguous(memory_format=torch.channels_last)
@@ -193,34 +186,6 @@ def predict_logits(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int
     return (logit_array, torch.cat(feats).double().numpy()) if features else logit_array
 
 
-def save_state(path: Path, model, ema, optimizer, meta: dict) -> None:
-    """Resumable training state as safetensors + JSON (nothing pickled)."""
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.module.state_dict().items()})
-    opt_state = optimizer.state_dict()
-    for index, state in opt_state["state"].items():
-        for key, value in state.items():
-            tensors[f"opt.{index}.{key}"] = torch.as_tensor(value).contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path.with_suffix(".safetensors"))
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-
-
-def load_state(path: Path, model, ema, optimizer) -> dict:
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    opt_state = optimizer.state_dict()
-    opt_state["state"] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, index, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict(opt_state)
-    return json.loads(path.with_suffix(".json").read_text())
-
-
 def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> float:
     """Median single-image forward time in milliseconds."""
     x = torch.zeros(1, 1, size, size).contiguous(memory_format=torch.channels_last)
@@ -234,6 +199,14 @@ def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> flo
     return float(np.median(times) * 1000)
 
 
+def same_run(saved: dict, current: dict) -> bool:
+    """Whether a saved run's configuration is ``current``: options added since it was saved take
+    their defaults, which reproduce it, and --epochs may change (the cosine schedule then ends at
+    the new total)."""
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    return {**defaults, **saved, "epochs": None} == {**current, "epochs": None}
+
+
 def train(args: argparse.Namespace) -> ModelCard:
     cfg = TrainConfig(
         arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -245,10 +218,7 @@ def train(args: argparse.Namespace) -> ModelCard:
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    samples = list_samples(Path(args.data) / "train")
-    if args.limit:
-        rng = np.random.default_rng(cfg.seed)
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.limit, len(samples)), replace=False))]
+    samples = seeded_subset(list_samples(Path(args.data) / "train"), args.limit, cfg.seed)
     train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.split_seed)
     y_train = np.array([s.label for s in train_set])
     y_val = np.array([s.label for s in val_set])
@@ -268,63 +238,26 @@ def train(args: argparse.Namespace) -> ModelCard:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Class imbalance: weigh positives so both classes carry equal total weight.
     pos_weight = torch.tensor((len(y_train) - y_train.sum()) / max(1, y_train.sum()), dtype=torch.float32)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
-    state_path = work / "last"
-    meta = {"epoch": 0, "best_auroc": -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": asdict(cfg)}
-    if state_path.with_suffix(".json").is_file():
-        meta = load_state(state_path, model, ema, optimizer)
-        # Options added after a run was saved take their defaults, which reproduce that run.
-        defaults = json.loads(json.dumps(asdict(TrainConfig())))
-        saved, current = {**defaults, **meta["config"]}, json.loads(json.dumps(asdict(cfg)))
-        # --epochs may change on resume (the cosine schedule then ends at the new total); nothing else may.
-        if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in current.items() if k != "epochs"}:
-            raise SystemExit(f"{work} holds a run with another configuration; use another --work folder.")
-        meta["config"] = current
-        print(f"resuming after epoch {meta['epoch']}", flush=True)
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        pixels = augment(x_train[index].float(), cfg, generator)
+        featureless = torch.zeros(len(index), dtype=torch.bool)
+        if cfg.featureless > 0:
+            pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
+        y = soft_target(torch.from_numpy(y_train[index.numpy()]).float(), featureless)
+        return F.binary_cross_entropy_with_logits(model(to_input(pixels)).squeeze(1), y, pos_weight=pos_weight)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(meta["epoch"] + 1, cfg.epochs + 1):
-        generator.manual_seed(cfg.seed * 1000 + epoch)
-        started = time.time()
-        model.train()
-        order = torch.randperm(len(train_set), generator=generator)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", file=sys.stderr, leave=False)
-        for step_in_epoch in bar:
-            step = (epoch - 1) * steps_per_epoch + step_in_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            index = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
-            pixels = augment(x_train[index].float(), cfg, generator)
-            featureless = torch.zeros(len(index), dtype=torch.bool)
-            if cfg.featureless > 0:
-                pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
-            x = to_input(pixels)
-            y = soft_target(torch.from_numpy(y_train[index.numpy()]).float(), featureless)
-            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y, pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema.update(model, step=step)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        auroc = {name: float(roc_auc_score(y_val, predict_logits(m, x_val))) for name, m in (("raw", model), ("ema", ema.module))}
-        meta["elapsed_s"] += time.time() - started
-        meta["epoch"] = epoch
-        meta["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auroc": auroc["raw"], "val_auroc_ema": auroc["ema"]})
-        print(f"epoch {epoch:2d}  train_loss {np.mean(losses):.4f}  val_auroc {auroc['raw']:.4f}  val_auroc_ema {auroc['ema']:.4f}  "
-              f"({time.time() - started:.0f}s)", flush=True)
-        for name, m in (("raw", model), ("ema", ema.module)):
-            if auroc[name] > meta["best_auroc"]:
-                meta["best_auroc"], meta["best"] = auroc[name], {"epoch": epoch, "weights": name}
-                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(work / "best.safetensors"))
-        save_state(state_path, model, ema, optimizer, meta)
+    def validate(candidates: dict[str, torch.nn.Module]) -> Validation:
+        auroc = {name: float(roc_auc_score(y_val, predict_logits(m, x_val))) for name, m in candidates.items()}
+        return Validation(auroc, {"val_auroc": auroc["raw"], "val_auroc_ema": auroc["ema"]},
+                          f"val_auroc {auroc['raw']:.4f}  val_auroc_ema {auroc['ema']:.4f}")
+
+    meta = run_epochs(model, ema, optimizer, work=work, schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
+                      config=asdict(cfg), n_train=len(train_set), batch_loss=batch_loss, validate=validate,
+                      best_key="best_auroc", same_run=same_run)
 
     best = create_model(cfg.arch, drop_rate=cfg.drop_rate)
-    best.load_state_dict(load_file(str(work / "best.safetensors")))
+    best.load_state_dict(best_weights(work))
     best.eval().to(memory_format=torch.channels_last)
     # Prior correction: the class-balanced loss trains logits that are log(pos_weight) off the
     # true log-odds; fold the exact offset into the classifier bias before temperature scaling.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..data import Sample, list_samples
+from ..data import Sample, list_samples, seeded_subset
 from ..evaluation.lungs import SPLIT_SEED, VAL_FRACTION, evaluate, paired, read_mask, select_split
 from ..lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..model import save_checkpoint
 from ..preprocess import normalize, to_model_size
-from .classifier import NORMALISATION, TrainConfig, augment, load_pixels, load_state, lr_at, save_state
+from .classifier import NORMALISATION, TrainConfig, augment, load_pixels
+from .loop import Schedule, Validation, best_weights, run_epochs
 
 
 @dataclass
@@ -119,13 +118,6 @@ def segment_latency_ms(segmenter: LungSegmenter, repeats: int = 30) -> float:
     return float(np.median(times) * 1000)
 
 
-def limited(items: list, limit: int, seed: int) -> list:
-    if not limit or limit >= len(items):
-        return items
-    rng = np.random.default_rng(seed)
-    return [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
-
-
 def train(args: argparse.Namespace) -> LungCard:
     cfg = LungTrainConfig(encoder=args.encoder, decoder_channels=tuple(args.decoder_channels), input_size=args.input_size,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -137,8 +129,8 @@ def train(args: argparse.Namespace) -> LungCard:
     samples = list_samples(Path(args.data) / "train")
     mask_dir = Path(args.masks) / "train"
     train_all, val_all = select_split(samples, "train"), select_split(samples, "val")
-    train_pairs = limited(paired(train_all, mask_dir), args.limit, cfg.seed)
-    val_pairs = limited(paired(val_all, mask_dir), max(2, args.limit // 6) if args.limit else 0, cfg.seed)
+    train_pairs = seeded_subset(paired(train_all, mask_dir), args.limit, cfg.seed)
+    val_pairs = seeded_subset(paired(val_all, mask_dir), max(2, args.limit // 6) if args.limit else 0, cfg.seed)
     skipped = len(samples) - len(paired(train_all, mask_dir)) - len(paired(val_all, mask_dir))
     print(f"train {len(train_pairs)} image/mask pairs, val {len(val_pairs)} "
           f"({len({s.patient for s, _ in val_pairs})} patients), {skipped} images without a mask skipped", flush=True)
@@ -150,56 +142,27 @@ def train(args: argparse.Namespace) -> LungCard:
     model = build_model(card).to(memory_format=torch.channels_last)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
-    total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
 
-    state_path = work / "last"
-    meta = {"epoch": 0, "best_dice": -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": asdict(cfg)}
-    if state_path.with_suffix(".json").is_file():
-        meta = load_state(state_path, model, ema, optimizer)
-        if meta["config"] != json.loads(json.dumps(asdict(cfg))):
-            raise SystemExit(f"{work} holds a run with another configuration; use another --work folder.")
-        print(f"resuming after epoch {meta['epoch']}", flush=True)
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images, masks = augment_pair(x_train[index].float(), m_train[index].float(), cfg, generator)
+        x = normalize(images, card.mean, card.std).contiguous(memory_format=torch.channels_last)
+        return dice_bce_loss(model(x), masks)
 
-    generator = torch.Generator()
-    for epoch in range(meta["epoch"] + 1, cfg.epochs + 1):
-        generator.manual_seed(cfg.seed * 1000 + epoch)
-        started = time.time()
-        model.train()
-        order = torch.randperm(len(train_pairs), generator=generator)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", file=sys.stderr, leave=False)
-        for step_in_epoch in bar:
-            step = (epoch - 1) * steps_per_epoch + step_in_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            index = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
-            images, masks = augment_pair(x_train[index].float(), m_train[index].float(), cfg, generator)
-            x = normalize(images, card.mean, card.std).contiguous(memory_format=torch.channels_last)
-            loss = dice_bce_loss(model(x), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema.update(model, step=step)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        scores = {name: validation_dice(m, card, x_val, m_val) for name, m in (("raw", model), ("ema", ema.module))}
-        meta["elapsed_s"] += time.time() - started
-        meta["epoch"] = epoch
-        meta["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                                **{f"val_dice_{n}": float(s.mean()) for n, s in scores.items()},
-                                **{f"val_dice_p05_{n}": float(np.percentile(s, 5)) for n, s in scores.items()}})
-        print(f"epoch {epoch:2d}  train_loss {np.mean(losses):.4f}  val_dice {scores['raw'].mean():.4f} "
-              f"(p05 {np.percentile(scores['raw'], 5):.4f})  val_dice_ema {scores['ema'].mean():.4f} "
-              f"(p05 {np.percentile(scores['ema'], 5):.4f})  ({time.time() - started:.0f}s)", flush=True)
-        for name, m in (("raw", model), ("ema", ema.module)):
-            if scores[name].mean() > meta["best_dice"]:
-                meta["best_dice"], meta["best"] = float(scores[name].mean()), {"epoch": epoch, "weights": name}
-                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(work / "best.safetensors"))
-        save_state(state_path, model, ema, optimizer, meta)
+    def validate(candidates: dict[str, torch.nn.Module]) -> Validation:
+        scores = {name: validation_dice(m, card, x_val, m_val) for name, m in candidates.items()}
+        return Validation(
+            {name: float(s.mean()) for name, s in scores.items()},
+            {**{f"val_dice_{n}": float(s.mean()) for n, s in scores.items()},
+             **{f"val_dice_p05_{n}": float(np.percentile(s, 5)) for n, s in scores.items()}},
+            f"val_dice {scores['raw'].mean():.4f} (p05 {np.percentile(scores['raw'], 5):.4f})  "
+            f"val_dice_ema {scores['ema'].mean():.4f} (p05 {np.percentile(scores['ema'], 5):.4f})",
+        )
+
+    meta = run_epochs(model, ema, optimizer, work=work, schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
+                      config=asdict(cfg), n_train=len(train_pairs), batch_loss=batch_loss, validate=validate, best_key="best_dice")
 
     best = build_model(card)
-    best.load_state_dict(load_file(str(work / "best.safetensors")))
+    best.load_state_dict(best_weights(work))
     card = finalize(best, card, cfg, meta, train_pairs, val_pairs, skipped, out, args)
     print(json.dumps({"validation": {k: v for k, v in card.validation.items() if k != "history"}, "latency": card.latency}, indent=2), flush=True)
     return card
