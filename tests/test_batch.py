@@ -152,17 +152,31 @@ def test_resume_analyses_only_new_inputs_and_keeps_input_order(films, job, tmp_p
     out = tmp_path / "out"
     run(films[2:], out, job, run_local)
     assert counter.calls == films[2:]
-    # A crash left an unordered file with a half-written last line.
+    # A crash left an unordered file with a half-written last line ...
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text(lines[1] + "\n" + lines[0] + "\n" + '{"input": "' + films[0])
+
+    def crash_after_one(job, items):
+        yield next(run_local(job, items))
+        raise KeyboardInterrupt
+
+    # ... and the next run is interrupted after one film: that film's row is kept, whole.
+    with pytest.raises(KeyboardInterrupt):
+        run(films, out, job, crash_after_one)
+    assert [row["input"] for row in read_rows(out / "results.jsonl")] == [films[3], films[2], films[0]]
     counter.calls.clear()
     summary = run(films, out, job, run_local)
-    assert counter.calls == films[:2]
+    assert counter.calls == [films[1]]
     assert [row["input"] for row in jsonl(out)] == films
-    assert (summary.inputs, summary.analysed) == (4, 2)
+    assert (summary.inputs, summary.analysed) == (4, 1)
     counter.calls.clear()
     run(films, out, job, run_local)
     assert counter.calls == [] and [row["input"] for row in jsonl(out)] == films
+
+
+def test_ray_options_need_the_ray_engine(films, tmp_path):
+    with pytest.raises(SystemExit):
+        cli_main(["analyze", films[0], "--out", str(tmp_path), "--workers", "2"])
 
 
 def test_a_crashing_file_is_one_error_row(films, job, checkpoint, tmp_path, monkeypatch):

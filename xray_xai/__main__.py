@@ -58,6 +58,8 @@ def analyze(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="films per Ray batch (default: 4)")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
     args = parser.parse_args(argv)
+    if args.engine == "local" and (args.address or args.workers):
+        parser.error("--address and --workers need --engine ray")
     options = Options(
         operating_point=args.operating_point,
         cam_method=args.cam_method,
@@ -71,6 +73,8 @@ def analyze(argv: list[str]) -> int:
     else:
         with ray_runtime(args.address) as cpus:
             workers = args.workers or max(1, int(cpus))
+            if workers > cpus:
+                parser.error(f"--workers {workers} is more than the {cpus:g} CPUs of the Ray runtime")
             job = replace(job, threads=args.threads or threads_per_worker(cpus, workers))
             summary = run(inputs, Path(args.out), job, ray_engine(workers, args.batch_size), "ray", workers)
     print(summary.describe())

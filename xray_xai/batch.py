@@ -302,6 +302,7 @@ def run(inputs: Sequence[str], out: Path, job: Job, engine: Engine, engine_name:
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
     previous = read_rows(results)
+    _write_jsonl(previous, results)  # drop a line cut by a crash before appending after it
     done = {row["input"] for row in previous}
     todo = [(index, path) for index, path in enumerate(inputs) if path not in done]
     fresh: list[dict] = []
