@@ -58,7 +58,7 @@ def job(checkpoint, tmp_path_factory) -> Job:
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster left running
     yield
     ray.shutdown()
 
