@@ -1,101 +1,84 @@
-"""Command line: ``python -m xray_xai analyze FILE [FILE ...] --out DIR``.
+"""Command line: ``python -m xray_xai analyze INPUT [INPUT ...] --out DIR [--engine ray]``.
 
-Runs the same pipeline as the app on each file and writes ``DIR/results.jsonl`` (one JSON
-object per input, in input order) plus overlay PNGs. A file that cannot be analysed gets
-``ok: false`` and a clear message; the run goes on. Exit status 0 when every input was handled.
+Runs the same pipeline as the app on each input (a file, a folder searched recursively, or a
+.txt/.csv manifest of paths) and writes ``DIR/results.jsonl`` (one JSON object per input, in
+input order), ``DIR/results.parquet``, ``DIR/summary.json`` and overlay PNGs. A file that cannot
+be analysed gets ``ok: false`` and a clear message; the run goes on. Running again with the same
+``--out`` skips the inputs already there. ``--engine ray`` spreads the work over Ray workers (a
+local runtime, or the cluster at ``--address``) and writes the same rows. Exit status 0 when
+every input was handled without an internal error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-from . import DISCLAIMER
+from .batch import Job, expand_inputs, ray_engine, run, run_local, threads_per_worker
 from .calibration import OPERATING_POINTS
-from .imaging import InputError
 from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
-from .pipeline import Options, Pipeline, Result
-from .results import to_jsonable
+from .pipeline import Options
 
 
-def result_record(path: str, result: Result) -> dict:
-    """The results.jsonl object for an analysed input."""
-    analysis = result.analysis
-    prediction = analysis.prediction
-    return {
-        "input": path,
-        "ok": True,
-        "error": None,
-        "label": prediction.label,
-        "probability": prediction.probability,
-        "band": prediction.band,
-        "operating_point": prediction.operating_point.name,
-        "threshold": prediction.operating_point.threshold,
-        "ood": {"flagged": analysis.ood.flagged, "reasons": list(analysis.ood.reasons)},
-        "agreement": to_jsonable(analysis.agreement),
-        "anatomy": to_jsonable(analysis.anatomy),
-        "report": analysis.report,
-        "disclaimer": DISCLAIMER,
-    }
+@contextmanager
+def ray_runtime(address: str | None) -> Iterator[float]:
+    """Join the cluster at ``address``, or start a local runtime, unless this process is already
+    connected; yields the cluster's CPU count and shuts down only what it started."""
+    import ray
 
-
-def error_record(path: str, message: str) -> dict:
-    return {"input": path, "ok": False, "error": message}
-
-
-def save_overlays(result: Result, out: Path, stem: str) -> list[str]:
-    written = []
-    for name, rgb in result.overlays().items():
-        target = out / f"{stem}_{name}.png"
-        Image.fromarray(np.asarray(rgb)).save(target)
-        written.append(target.name)
-    return written
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or "local", include_dashboard=False)
+    try:
+        yield ray.cluster_resources().get("CPU", 1.0)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def analyze(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m xray_xai analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="+", help="images or DICOM files")
-    parser.add_argument("--out", required=True, help="output folder for results.jsonl and overlays")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, DICOM files, folders or .txt/.csv manifests of paths")
+    parser.add_argument("--out", required=True, help="output folder for results.jsonl, results.parquet, summary.json and overlays")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT))
     parser.add_argument("--operating-point", default="balanced", choices=OPERATING_POINTS)
     parser.add_argument("--cam-method", default="gradcam")
-    parser.add_argument("--occlusion", default="fast", choices=["fast", "fine"])
-    parser.add_argument("--no-occlusion", action="store_true", help="skip occlusion (faster)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--occlusion", default="fast", choices=["fast", "fine", "off"])
+    parser.add_argument("--no-occlusion", action="store_true", help="skip occlusion (faster); same as --occlusion off")
+    parser.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local: in this process; ray: Ray workers")
+    parser.add_argument("--address", help="Ray cluster to join, e.g. HEAD_IP:6379 (default: start a local Ray runtime)")
+    parser.add_argument("--workers", type=int, help="Ray workers, each loading the pipeline once (default: one per CPU)")
+    parser.add_argument("--batch-size", type=int, default=4, help="films per Ray batch (default: 4)")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline.load(args.checkpoint, args.lung_checkpoint)
+    if args.engine == "local" and (args.address or args.workers):
+        parser.error("--address and --workers need --engine ray")
     options = Options(
         operating_point=args.operating_point,
         cam_method=args.cam_method,
         occlusion="off" if args.no_occlusion else args.occlusion,
     ).validate()
-    failures = 0
-    with open(out / "results.jsonl", "w") as sink:
-        for index, path in enumerate(tqdm(args.files, desc="analysing", file=sys.stderr)):
-            try:
-                result = pipeline.analyze(path, options)
-            except InputError as error:
-                record = error_record(path, str(error))
-            except Exception as error:  # a bug, not the user's fault: report it, keep going
-                failures += 1
-                record = error_record(path, f"Internal error while analysing this file ({type(error).__name__}); please report it.")
-            else:
-                record = result_record(path, result)
-                record["overlays"] = save_overlays(result, out, f"{index:04d}_{Path(path).stem}")
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-    return 1 if failures else 0
+    job = Job(args.checkpoint, args.lung_checkpoint, options, overlays=not args.no_overlays)
+    inputs = expand_inputs(args.inputs)
+    if args.engine == "local":
+        job = replace(job, threads=args.threads or threads_per_worker(os.cpu_count() or 1, 1))
+        summary = run(inputs, Path(args.out), job, run_local)
+    else:
+        with ray_runtime(args.address) as cpus:
+            workers = args.workers or max(1, int(cpus))
+            if workers > cpus:
+                parser.error(f"--workers {workers} is more than the {cpus:g} CPUs of the Ray runtime")
+            job = replace(job, threads=args.threads or threads_per_worker(cpus, workers))
+            summary = run(inputs, Path(args.out), job, ray_engine(workers, args.batch_size), "ray", workers)
+    print(summary.describe())
+    return 1 if summary.internal_errors else 0
 
 
 COMMANDS = {"analyze": analyze}
