@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from . import DISCLAIMER
-from .calibration import OPERATING_POINTS
 from .cam import CAM_METHODS
 from .imaging import InputError, load_image
 from .overlay import LEGEND
@@ -161,9 +160,9 @@ def preview_png(path: str | None) -> str | None:
         return None
     preview = Image.fromarray(_uint8(load_image(path).pixels))
     preview.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
-    path = _output_path(".png")
-    preview.save(path, compress_level=1)
-    return path
+    written = _output_path(".png")
+    preview.save(written, compress_level=1)
+    return written
 
 
 def examples_in(folder: Path) -> list[tuple[str, str]]:
