@@ -38,12 +38,12 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 # invisible in-flow copy, laid out at the page's (never wider) width, reserves at least the
 # banner's height at every screen width, so the banner never covers the page's first lines.
 CSS = """
-.disclaimer {margin: 0; padding: 6px 12px; font-size: 0.9em;}
-.disclaimer p {margin: 0;}
+.disclaimer {margin: 0; padding: 6px 12px;}
+.disclaimer p {margin: 0; font-size: 0.85rem; line-height: 1.35;}
 #disclaimer {position: fixed; left: 0; right: 0; top: 0; z-index: 90; background: #fff4e5;
              border-bottom: 2px solid #b7791f; color: #4a3000;}
-#disclaimer-space {visibility: hidden;}
-@media (max-width: 640px) {.disclaimer {font-size: 0.8em;}}
+#disclaimer-space {visibility: hidden; border-bottom: 2px solid transparent;}
+@media (max-width: 640px) {.disclaimer {padding: 4px 8px;} .disclaimer p {font-size: 0.72rem; line-height: 1.3;}}
 .band-badge {display: inline-block; color: white; font-weight: 700; border-radius: 999px; padding: 6px 14px;}
 .band-help, .band-reasons, .uncertainty {font-size: 0.85em; opacity: 0.85; margin-top: 4px;}
 .prob-row {display: grid; grid-template-columns: 7.5em 1fr 4em; gap: 8px; align-items: center;}
