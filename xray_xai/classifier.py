@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .ensemble import Ensemble
+from .imaging import InputError
 from .model import DEFAULT_CHECKPOINT, ModelCard, load_checkpoint
 from .ood import mahalanobis, penultimate_features
 from .preprocess import preprocess
@@ -17,8 +18,9 @@ from .report import percent
 from .results import BANDS, OperatingPoint, Prediction, confidence_band
 
 
-class UnknownOperatingPoint(ValueError):
-    """An operating point name that the model card does not define."""
+class UnknownOperatingPoint(InputError):
+    """An operating point name that the model card does not define (a user-input error, like any
+    other :class:`InputError`: its message is meant for the person who chose it)."""
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,17 @@ MIN_NAMED_SHARE = 0.10  # zones holding at least this share of a map are named
 
 
 def percent(value: float) -> str:
-    """``0.8734 -> "87.3%"``, truncated rather than rounded.
+    """``0.8734 -> "87.3%"``, truncated rather than rounded: the one percentage format of the
+    report, the app and the API's text.
 
     Truncation keeps a displayed value from crossing a boundary the value has not reached
-    (0.8999 shows as 89.9%, not as a "Moderate" 90.0%), and never shows 100.0% for p < 1.
+    (0.8999 shows as 89.9%, not as a "Moderate" 90.0%), and never shows 100.0% for p < 1;
+    a positive value below 0.1% shows as "<0.1%", never as 0.0%.
     """
     if not math.isfinite(value):
         return "n/a"
+    if 0 < value < 0.001:
+        return "<0.1%"
     return f"{math.floor(round(value * 1000, 6)) / 10:.1f}%"
 
 

@@ -6,28 +6,41 @@ only lays out components and wires them to these functions.
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+import gradio.utils
 import numpy as np
 from PIL import Image
 
 from . import DISCLAIMER
-from .imaging import InputError
+from .cam import CAM_METHODS
+from .imaging import InputError, load_image
 from .overlay import LEGEND
-from .pipeline import Options, Pipeline, Result
+from .pipeline import DISPLAY_MAX_SIDE, OCCLUSION_PRESETS, Options, Pipeline, Result
 from .report import method_name, percent
 from .results import BAND_EXPLANATION, Agreement, Prediction
 
 BAND_COLOURS = {"High": "#1b7f3b", "Moderate": "#b7791f", "Low": "#9b2c2c"}
-OUTPUT_MAX_AGE_S = 3600
-_out_dir = tempfile.TemporaryDirectory(prefix="xray_xai_out_")  # removed when the app exits
+# The settings offered in the UI and published as enums by the API: (shown label, value).
+OPERATING_POINT_CHOICES = [
+    ("Balanced (Youden's J)", "balanced"),
+    ("Screening (sensitivity >= 95%)", "screening"),
+    ("Rule-in (specificity >= 90%)", "rule_in"),
+]
+CAM_CHOICES = list(CAM_METHODS)
+OCCLUSION_CHOICES = list(OCCLUSION_PRESETS)
+# Outputs live in Gradio's own cache folder, so Gradio serves them without copying and its
+# ``delete_cache`` of the Blocks (checked every 10 minutes, files older than an hour) is the
+# only retention policy; the folder is also emptied when the server stops.
+OUTPUT_RETENTION = (600, 3600)
 
 AGREEMENT_HELP = (
     "Agreement compares the Grad-CAM and occlusion maps on the occlusion grid: Spearman rank "
@@ -42,14 +55,39 @@ def badge_html(prediction: Prediction, ood_flagged: bool = False) -> str:
     return (
         f'<div class="band-badge" style="background:{colour}">'
         f"{html.escape(prediction.label)} · {prediction.band} confidence "
-        f"({percent(prediction.confidence)}){caution}</div>"
+        f"({html.escape(percent(prediction.confidence))}){caution}</div>"
+        f"{band_reasons_html(prediction)}"
         f'<div class="band-help">{html.escape(BAND_EXPLANATION)}</div>'
     )
 
 
-def label_value(prediction: Prediction) -> dict[str, float]:
-    """Calibrated probabilities for ``gr.Label``."""
-    return {"PNEUMONIA": round(prediction.probability, 4), "NORMAL": round(1 - prediction.probability, 4)}
+def band_reasons_html(prediction: Prediction) -> str:
+    """Why the band is lower than the probability alone would give (nothing when it is not)."""
+    if not prediction.band_reasons:
+        return ""
+    return f'<div class="band-reasons">Band lowered: {html.escape(" ".join(prediction.band_reasons))}</div>'
+
+
+def uncertainty_text(prediction: Prediction) -> str:
+    """The ensemble members' spread, e.g. "Uncertainty ±0.04 (2 members)"; empty for one network."""
+    if prediction.uncertainty is None:
+        return ""
+    members = len(prediction.member_probabilities)
+    return f"Uncertainty ±{prediction.uncertainty:.2f}" + (f" ({members} members)" if members else "")
+
+
+def probability_html(prediction: Prediction) -> str:
+    """Calibrated probabilities as meters, formatted by the report's own :func:`percent`, and the
+    ensemble's uncertainty when there is one."""
+    rows = "".join(
+        f'<div class="prob-row"><span class="prob-name">{name}</span>'
+        f'<meter min="0" max="1" value="{value:.6f}"></meter><b class="prob-value">{html.escape(percent(value))}</b></div>'
+        for name, value in (("PNEUMONIA", prediction.probability), ("NORMAL", 1.0 - prediction.probability))
+    )
+    spread = uncertainty_text(prediction)
+    title = "standard deviation of the ensemble members' calibrated probabilities of pneumonia"
+    spread_html = f'<div class="uncertainty" title="{title}">{html.escape(spread)}</div>' if spread else ""
+    return f'<div class="probability"><div class="prob-title">Calibrated probability</div>{rows}{spread_html}</div>'
 
 
 def agreement_markdown(agreement: Agreement | None) -> str:
@@ -84,20 +122,22 @@ def alerts_markdown(result: Result) -> str:
     return "\n\n".join(f"⚠️ {line}" for line in lines)
 
 
+def output_dir() -> Path:
+    """The app's output folder, inside Gradio's cache (``GRADIO_TEMP_DIR``, default
+    ``<tmp>/gradio``): files returned from there are served as they are, not copied."""
+    folder = Path(gradio.utils.get_upload_folder()) / "xray_xai"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _output_path(suffix: str) -> str:
-    """A fresh file in the app's temporary output folder, pruning files older than an hour."""
-    folder = Path(_out_dir.name)
-    now = time.time()
-    for old in folder.iterdir():
-        if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
-            old.unlink(missing_ok=True)
-    handle, path = tempfile.mkstemp(suffix=suffix, prefix="analysis_", dir=folder)
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="analysis_", dir=output_dir())
     os.close(handle)
     return path
 
 
 def write_json(result: Result) -> str:
-    """The whole analysis as a JSON file for download (temporary; pruned after an hour)."""
+    """The whole analysis as a JSON file for download."""
     path = _output_path(".json")
     Path(path).write_text(json.dumps({**result.to_json(), "disclaimer": DISCLAIMER}, indent=2))
     return path
@@ -113,6 +153,32 @@ def write_png(image: np.ndarray | None) -> str | None:
     return path
 
 
+def preview_png(path: str | None) -> str | None:
+    """The upload as the app's own loader reads it (any format it accepts, incl. DICOM and
+    16-bit films), downscaled for display; nothing when the input was cleared."""
+    if not path:
+        return None
+    preview = Image.fromarray(_uint8(load_image(path).pixels))
+    preview.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
+    written = _output_path(".png")
+    preview.save(written, compress_level=1)
+    return written
+
+
+def examples_in(folder: Path) -> list[tuple[str, str]]:
+    """``(path, caption)`` of every example film; the caption starts with its ground truth."""
+    return [(str(p), f"{p.parent.name} · {p.stem}") for p in sorted(folder.glob("*/*.jpeg"))]
+
+
+def example_picker(examples: list[tuple[str, str]]) -> Callable[[gr.SelectData], str]:
+    """A ``Gallery.select`` handler returning the path of the clicked example."""
+
+    def pick(selection: gr.SelectData) -> str:
+        return examples[selection.index][0]
+
+    return pick
+
+
 def ui_values(result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = ()) -> tuple[Any, ...]:
     """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`.
 
@@ -125,7 +191,7 @@ def ui_values(result: Result, opacity: float, outline: bool, final: bool = True,
     overlays = result.overlays(opacity, outline, maps)
     values = {
         "badge": badge_html(analysis.prediction, analysis.ood.flagged),
-        "label": label_value(analysis.prediction),
+        "probability": probability_html(analysis.prediction),
         "original": None if "original" in unchanged else write_png(_uint8(result.pixels)),
         "gradcam": write_png(overlays.get("gradcam")),
         "occlusion": write_png(overlays.get("occlusion")),
@@ -138,7 +204,7 @@ def ui_values(result: Result, opacity: float, outline: bool, final: bool = True,
     return tuple(gr.skip() if name in unchanged else values[name] for name in UI_OUTPUTS)
 
 
-UI_OUTPUTS = ("badge", "label", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
+UI_OUTPUTS = ("badge", "probability", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
 
 
 def _uint8(pixels: np.ndarray) -> np.ndarray:
@@ -150,11 +216,10 @@ def _options(operating_point: str, cam_method: str, occlusion: str, explain: str
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn the library's user-caused errors into ``gr.Error`` with the same clear message."""
-    import functools
-    import inspect
+    """Show the library's user-input errors (:class:`InputError`: unreadable uploads, unknown
+    settings) as ``gr.Error`` with their own message. Anything else is a bug and propagates."""
 
-    def convert(error: Exception) -> gr.Error:
+    def convert(error: InputError) -> gr.Error:
         return gr.Error(str(error), title="Cannot analyse this file")
 
     if inspect.isgeneratorfunction(fn):
@@ -163,7 +228,7 @@ def user_errors(fn: Callable) -> Callable:
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except (InputError, ValueError) as error:
+            except InputError as error:
                 raise convert(error) from None
 
         return generator
@@ -172,7 +237,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError) as error:
+        except InputError as error:
             raise convert(error) from None
 
     return wrapper
@@ -185,16 +250,14 @@ class Handlers:
         self.pipeline = pipeline
 
     @staticmethod
-    def pick_source(image_path: str | None, file_path: str | None) -> str:
-        source = file_path or image_path
-        if not source:
+    def require(path: str | None) -> str:
+        if not path:
             raise InputError("Upload a chest radiograph (PNG, JPEG, TIFF, BMP, WebP or DICOM) first.")
-        return source
+        return path
 
     def stream(
         self,
-        image_path: str | None,
-        file_path: str | None,
+        path: str | None,
         operating_point: str,
         cam_method: str,
         occlusion: str,
@@ -204,14 +267,10 @@ class Handlers:
     ) -> Iterator[tuple[Any, ...]]:
         """First answer (prediction + Grad-CAM), then the complete analysis with occlusion."""
         options = _options(operating_point, cam_method, occlusion)
-        first = self.pipeline.first_pass(self.pick_source(image_path, file_path), options)
+        first = self.pipeline.first_pass(self.require(path), options)
         yield ui_values(first, opacity, outline, final=False)
         report = (lambda done, total: progress((done, total), desc="Occlusion sensitivity")) if progress else None
         yield ui_values(self.pipeline.complete(first, options, report), opacity, outline, unchanged=("original", "gradcam"))
-
-    def example(self, image_path: str) -> tuple[Any, ...]:
-        """Full analysis of an example with the default settings (cached lazily by Gradio)."""
-        return ui_values(self.pipeline.analyze(image_path, Options()), 0.45, True)
 
     def predict(self, image: str, operating_point: str = "balanced") -> tuple[str, float, str]:
         """Classify a chest radiograph, without explanations (fast).
@@ -225,7 +284,7 @@ class Handlers:
             probability: Calibrated probability of pneumonia, between 0 and 1.
             band: Confidence band of the reported label: "High", "Moderate" or "Low".
         """
-        _, prediction, _, _ = self.pipeline.predict(self.pick_source(image, None), operating_point)
+        _, prediction, _, _ = self.pipeline.predict(self.require(image), operating_point)
         return prediction.label, prediction.probability, prediction.band
 
     def explain(
@@ -250,7 +309,7 @@ class Handlers:
             analysis: The whole analysis as JSON (prediction, OOD check, anatomy, agreement, report, disclaimer).
         """
         options = _options(operating_point, cam_method, occlusion)
-        result = self.pipeline.analyze(self.pick_source(image, None), options)
+        result = self.pipeline.analyze(self.require(image), options)
         overlays = result.overlays()
         analysis = result.analysis
         payload = {**result.to_json(), "disclaimer": DISCLAIMER}
