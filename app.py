@@ -16,6 +16,7 @@ import torch
 
 from xray_xai import DISCLAIMER
 from xray_xai.cam import CAM_METHODS
+from xray_xai.model_tab import build_model_tab
 from xray_xai.pipeline import OCCLUSION_PRESETS, Pipeline
 from xray_xai.results import BAND_EXPLANATION
 from xray_xai.space import Handlers, user_errors
@@ -42,41 +43,45 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
             "probability of pneumonia, and two independent explanations show *why*: Grad-CAM and "
             "occlusion sensitivity, checked against each other and against the lung fields."
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(type="filepath", image_mode=None, label="Drop a chest radiograph (PNG / JPEG)", sources=["upload", "clipboard"], format="png", height=320)
-                file = gr.File(label="...or any file: DICOM (.dcm or no extension), 16-bit PNG, TIFF", file_count="single", type="filepath")
-                with gr.Accordion("Settings", open=True):
-                    operating_point = gr.Radio(OPERATING_POINTS, value="balanced", label="Operating point")
-                    cam_method = gr.Dropdown(list(CAM_METHODS), value="gradcam", label="CAM method")
-                    occlusion = gr.Radio(list(OCCLUSION_PRESETS), value="fast", label="Occlusion detail", info=", ".join(f"{k}: window {v['window']} px, stride {v['stride']} px" for k, v in OCCLUSION_PRESETS.items()))
-                    opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity")
-                    outline = gr.Checkbox(value=True, label="Show lung outline")
-                run = gr.Button("Analyse", variant="primary")
-            with gr.Column(scale=2):
-                badge = gr.HTML(f'<div class="band-help">{BAND_EXPLANATION}</div>')
-                label = gr.Label(label="Calibrated probability", num_top_classes=2)
-                alerts = gr.Markdown()
-                with gr.Row(equal_height=True):
-                    original = gr.Image(label="Radiograph", format="png", interactive=False)
-                    gradcam = gr.Image(label="Grad-CAM", format="png", interactive=False)
-                    occlusion_view = gr.Image(label="Occlusion sensitivity", format="png", interactive=False)
-                legend = gr.Markdown()
-                agreement = gr.Markdown()
-                report = gr.Textbox(label="Report", lines=18, max_lines=40, buttons=["copy"], elem_id="report")
-                download = gr.File(label="Whole analysis (JSON)")
-        outputs = [badge, label, original, gradcam, occlusion_view, agreement, legend, alerts, report, download]
-        gr.Examples(
-            examples=[[str(p)] for p in examples],
-            example_labels=[f"{p.parent.name} (ground truth) · {p.stem}" for p in examples],
-            inputs=[image],
-            outputs=outputs,
-            fn=user_errors(handlers.example),
-            cache_examples=True,
-            cache_mode="lazy",
-            label="Examples from the official validation split (click one)",
-            examples_per_page=16,
-        )
+        with gr.Tabs():
+            with gr.Tab("Analyse"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        image = gr.Image(type="filepath", image_mode=None, label="Drop a chest radiograph (PNG / JPEG)", sources=["upload", "clipboard"], format="png", height=320)
+                        file = gr.File(label="...or any file: DICOM (.dcm or no extension), 16-bit PNG, TIFF", file_count="single", type="filepath")
+                        with gr.Accordion("Settings", open=True):
+                            operating_point = gr.Radio(OPERATING_POINTS, value="balanced", label="Operating point")
+                            cam_method = gr.Dropdown(list(CAM_METHODS), value="gradcam", label="CAM method")
+                            occlusion = gr.Radio(list(OCCLUSION_PRESETS), value="fast", label="Occlusion detail", info=", ".join(f"{k}: window {v['window']} px, stride {v['stride']} px" for k, v in OCCLUSION_PRESETS.items()))
+                            opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity")
+                            outline = gr.Checkbox(value=True, label="Show lung outline")
+                        run = gr.Button("Analyse", variant="primary")
+                    with gr.Column(scale=2):
+                        badge = gr.HTML(f'<div class="band-help">{BAND_EXPLANATION}</div>')
+                        label = gr.Label(label="Calibrated probability", num_top_classes=2)
+                        alerts = gr.Markdown()
+                        with gr.Row(equal_height=True):
+                            original = gr.Image(label="Radiograph", format="png", interactive=False)
+                            gradcam = gr.Image(label="Grad-CAM", format="png", interactive=False)
+                            occlusion_view = gr.Image(label="Occlusion sensitivity", format="png", interactive=False)
+                        legend = gr.Markdown()
+                        agreement = gr.Markdown()
+                        report = gr.Textbox(label="Report", lines=18, max_lines=40, buttons=["copy"], elem_id="report")
+                        download = gr.File(label="Whole analysis (JSON)")
+                outputs = [badge, label, original, gradcam, occlusion_view, agreement, legend, alerts, report, download]
+                gr.Examples(
+                    examples=[[str(p)] for p in examples],
+                    example_labels=[f"{p.parent.name} (ground truth) · {p.stem}" for p in examples],
+                    inputs=[image],
+                    outputs=outputs,
+                    fn=user_errors(handlers.example),
+                    cache_examples=True,
+                    cache_mode="lazy",
+                    label="Examples from the official validation split (click one)",
+                    examples_per_page=16,
+                )
+            with gr.Tab("Model"):
+                build_model_tab(handlers.pipeline.classifier.card.sha256)
         settings = [operating_point, cam_method, occlusion, opacity, outline]
 
         def stream(image_path, file_path, op, cam, occ, alpha, show_outline, progress=gr.Progress()):

@@ -140,6 +140,10 @@ def test_browser_click_example(app_url, tmp_path):
         assert "IMPRESSION" in report.input_value()
         assert page.locator("#disclaimer").is_visible()
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        # The Model tab is wired in; its committed report was built for other weights than this tiny model's.
+        page.get_by_role("tab", name="Model").click()
+        page.locator("#model-report-problem").wait_for(state="visible", timeout=30_000)
+        assert "stale" in page.locator("#model-report-problem").inner_text()
         browser.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000
 
