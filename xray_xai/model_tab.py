@@ -238,4 +238,4 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
         "then Grad-CAM of the evidence for the (wrong) predicted class. Films from Kermany, Zhang and Goldbaum (2018), "
         "doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
     )
-    gr.Gallery(gallery_items(report), columns=4, height="auto", allow_preview=True, format="jpeg", elem_id="model-errors", label=f"{len(report.errors)} validation errors")
+    gr.Gallery(gallery_items(report), columns=4, height="auto", allow_preview=True, object_fit="contain", format="jpeg", elem_id="model-errors", label=f"{len(report.errors)} validation errors")
