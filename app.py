@@ -17,6 +17,7 @@ import torch
 
 from xray_xai import DISCLAIMER
 from xray_xai.imaging import MAX_FILE_BYTES
+from xray_xai.model_tab import build_model_tab
 from xray_xai.pipeline import OCCLUSION_PRESETS, Pipeline
 from xray_xai.results import BAND_EXPLANATION
 from xray_xai.space import (
@@ -148,6 +149,8 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Analyse"):
                 build_analyse_tab(handlers)
+            with gr.Tab("Model"):
+                build_model_tab(handlers.pipeline.classifier.card.sha256)
         build_api(handlers)
     return demo.queue(max_size=32, default_concurrency_limit=1)
 

@@ -295,3 +295,13 @@ def test_app_py_starts_and_answers_on_the_committed_checkpoint(tmp_path):
         log.close()
     output = (tmp_path / "app.log").read_text()
     assert "Traceback" not in output and "Exception in thread" not in output, output
+
+
+def test_browser_model_tab_refuses_a_report_built_for_other_weights(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(app_url, wait_until="networkidle")
+    # The committed report was built for the shipped weights, not for this tiny test model.
+    page.get_by_role("tab", name="Model").click()
+    page.locator("#model-report-problem").wait_for(state="visible", timeout=30_000)
+    assert "stale" in page.locator("#model-report-problem").inner_text()
+    page.close()

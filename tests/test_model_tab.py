@@ -1,0 +1,207 @@
+"""The Model tab and its report: the CLI on tiny data, every plot and table, staleness, a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai.classifier import Classifier
+from xray_xai.evaluation import model_report
+from xray_xai.model_tab import (
+    ModelReport,
+    bands_table,
+    build_model_tab,
+    confusion_figure,
+    explore,
+    gallery_items,
+    pr_figure,
+    report_problem,
+    reliability_figure,
+    roc_figure,
+)
+from xray_xai.results import confidence_band
+
+SHA = "ab" * 32
+POINTS = {
+    "balanced": {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9},
+    "screening": {"threshold": 0.3, "sensitivity": 0.95, "specificity": 0.7},
+    "rule_in": {"threshold": 0.7, "sensitivity": 0.7, "specificity": 0.95},
+}
+
+
+def _split(rng: np.random.Generator, n: int, separation: float) -> dict:
+    labels = (np.arange(n) % 3 != 0).astype(int)
+    probs = np.clip(0.5 + separation * (labels - 0.5) + 0.25 * rng.standard_normal(n), 0.001, 0.999).round(6)
+    bands = [confidence_band(p if p >= 0.5 else 1 - p) for p in probs]
+    return {"file": [f"f{i}.jpeg" for i in range(n)], "label": labels.tolist(), "probability": probs.tolist(), "band": bands}
+
+
+@pytest.fixture
+def report_path(tmp_path) -> Path:
+    """A hand-made report: 90 validation and 60 shift_dev films, two gallery errors."""
+    rng = np.random.default_rng(0)
+    errors = [{"file": "NORMAL/a.jpeg", "label": 0, "probability": 0.91, "band": "High"}, {"file": "PNEUMONIA/b.jpeg", "label": 1, "probability": 0.2, "band": "Moderate"}]
+    tiles = [(Image.new("RGB", (128, 128), (40 * i, 40 * i, 40 * i)), Image.new("RGB", (128, 100), (200, 40 * i, 0))) for i in range(len(errors))]
+    model_report.sprite(tiles).save(tmp_path / "errors.jpg", quality=85)
+    raw = {
+        "classifier_sha256": SHA,
+        "operating_points": POINTS,
+        "splits": {"validation": _split(rng, 90, 0.6), "shift_dev": _split(rng, 60, 0.3)},
+        "errors": {"sprite": "errors.jpg", "tile": 128, "films": errors},
+    }
+    path = tmp_path / "model_report.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _renders(fig) -> bool:
+    """What gr.Plot sends to the browser: a base64 image."""
+    return gr.Plot().postprocess(fig).plot.startswith("data:image/")
+
+
+def test_roc_and_pr_figures_show_both_splits_with_their_areas(report_path):
+    report = ModelReport.load(report_path)
+    roc = roc_figure(report)
+    labels = [line.get_label() for line in roc.axes[0].get_lines()]
+    for name, split in report.splits.items():
+        auroc = roc_auc_score(split.labels, split.probs)
+        assert any(label.startswith(f"{name}: AUROC {auroc:.3f}") for label in labels), labels
+    pr = pr_figure(report)
+    assert sum("AUPRC" in line.get_label() for line in pr.axes[0].get_lines()) == 2
+    assert _renders(roc) and _renders(pr)
+
+
+def test_reliability_and_confusion_figures(report_path):
+    report = ModelReport.load(report_path)
+    reliability = reliability_figure(report)
+    assert [ax.get_title().split(":")[0] for ax in reliability.axes] == ["validation", "shift_dev"]
+    confusion = confusion_figure(report)
+    assert len(confusion.axes) == 6
+    val = report.splits["validation"]
+    top_left = [t.get_text() for t in confusion.axes[0].texts]  # validation at balanced: TN, FP, FN, TP
+    tn = int(((val.probs < 0.5) & (val.labels == 0)).sum())
+    assert top_left[0] == str(tn) and sum(int(t) for t in top_left) == 90
+    assert _renders(reliability) and _renders(confusion)
+
+
+def test_bands_table_counts_every_film(report_path):
+    table = bands_table(ModelReport.load(report_path))
+    assert list(table["Band"]) == ["High", "Moderate", "Low"]
+    assert table["validation n"].sum() == 90 and table["shift_dev n"].sum() == 60
+    assert all(v.endswith("%") or v == "n/a" for v in table["validation accuracy"])
+
+
+def test_explorer_recomputes_ppv_and_npv_for_the_prevalence(report_path):
+    report = ModelReport.load(report_path)
+    own = 100 * report.splits["validation"].labels.mean()
+    table, note = explore(report, 0.5, own)
+    val = report.splits["validation"]
+    called = val.probs >= 0.5
+    observed_ppv = (val.labels[called] == 1).mean()
+    assert table.loc[0, f"PPV at {own:g}%"] == f"{100 * observed_ppv:.1f}%"  # Bayes at the split's own prevalence = observed
+    rare, _ = explore(report, 0.5, 1.0)
+    common, _ = explore(report, 0.5, 90.0)
+    assert float(rare.loc[0, "PPV at 1%"].rstrip("%")) < float(common.loc[0, "PPV at 90%"].rstrip("%"))
+    assert float(rare.loc[0, "NPV at 1%"].rstrip("%")) > float(common.loc[0, "NPV at 90%"].rstrip("%"))
+    assert rare.loc[0, "Sensitivity"] == common.loc[0, "Sensitivity"]  # the model does not change with prevalence
+    strict, _ = explore(report, 0.9, 10.0)
+    assert float(strict.loc[0, "Sensitivity"].rstrip("%")) < float(rare.loc[0, "Sensitivity"].rstrip("%"))
+    assert "Bayes" in note and "0.500" in note
+
+
+def test_gallery_cuts_the_sprite_into_captioned_pairs(report_path):
+    items = gallery_items(ModelReport.load(report_path))
+    assert [image.size for image, _ in items] == [(256, 128), (256, 128)]
+    assert items[0][1].startswith("False positive") and items[1][1].startswith("False negative")
+    assert "band Moderate" in items[1][1]
+    assert items[1][0].getpixel((64, 64))[0] == pytest.approx(40, abs=6)  # second row of the sprite, not the first
+
+
+def _components(report_path, sha) -> list:
+    with gr.Blocks() as demo:
+        with gr.Tabs():
+            with gr.Tab("Model"):
+                build_model_tab(sha, report_path)
+    return list(demo.blocks.values())
+
+
+def test_tab_builds_every_view_for_matching_weights(report_path):
+    blocks = _components(report_path, SHA)
+    kinds = [type(b).__name__ for b in blocks]
+    assert kinds.count("Plot") == 4 and kinds.count("Dataframe") == 2 and kinds.count("Gallery") == 1
+    assert all(b.value is not None for b in blocks if isinstance(b, (gr.Plot, gr.Dataframe, gr.Gallery)))
+
+
+def test_stale_or_missing_report_is_refused(report_path, tmp_path):
+    assert report_problem(report_path, SHA) is None
+    stale = report_problem(report_path, "cd" * 32)
+    assert "stale" in stale and "abababababab" in stale and "python -m xray_xai.evaluation.model_report" in stale
+    assert "No model report" in report_problem(tmp_path / "missing.json", SHA)
+    kinds = [type(b).__name__ for b in _components(report_path, "cd" * 32)]
+    assert "Plot" not in kinds and "Dataframe" not in kinds and "Markdown" in kinds
+
+
+def test_cli_on_tiny_data(tmp_path):
+    """The CLI: validation patients only, the band the classifier gives, errors imaged, shift never imaged."""
+    card = make_tiny_checkpoint(tmp_path / "ckpt", operating_points={**POINTS, "balanced": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0}})
+    (card.parent / "classifier_val_patients.json").write_text(json.dumps({"patients": ["IM-1000", "IM-1001", "person100"]}))
+    train = make_tiny_dataset(tmp_path / "train", per_class=3)
+    shift = make_tiny_dataset(tmp_path / "shift", per_class=2, seed=1)
+    out = tmp_path / "out"
+    report = model_report.main(["--train", str(train), "--shift", str(shift), "--checkpoint", str(card), "--out", str(out), "--threads", "1"])
+    classifier = Classifier.load(card)
+    assert report["classifier_sha256"] == classifier.card.sha256
+    val = report["splits"]["validation"]
+    assert sorted(val["file"]) == ["NORMAL/IM-1000-0001.png", "NORMAL/IM-1001-0001.png", "PNEUMONIA/person100_bacteria_0.png"]
+    assert len(report["splits"]["shift_dev"]["label"]) == 4
+    for p, band in zip(val["probability"], val["band"]):
+        assert band == classifier.decide(p, "balanced").band
+    # Threshold 0: every film is called PNEUMONIA, so the two NORMAL validation films are the errors.
+    assert sorted(f["file"] for f in report["errors"]["films"]) == ["NORMAL/IM-1000-0001.png", "NORMAL/IM-1001-0001.png"]
+    with Image.open(out / model_report.SPRITE_NAME) as sheet:
+        assert sheet.size == (256, 256)
+    assert {p.name for p in out.iterdir()} == {model_report.SPRITE_NAME, model_report.REPORT_NAME}
+    assert report_problem(out / model_report.REPORT_NAME, classifier.card.sha256) is None
+    assert len(gallery_items(ModelReport.load(out / model_report.REPORT_NAME))) == 2
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (CI installs the Debian package)")
+def test_model_tab_renders_in_a_browser(report_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with gr.Blocks() as demo:
+        with gr.Tabs():
+            with gr.Tab("Analyse"):
+                gr.Markdown("analyse")
+            with gr.Tab("Model"):
+                build_model_tab(SHA, report_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.get_by_role("tab", name="Model").click()
+            for plot in ("roc", "pr", "reliability", "confusion"):
+                page.locator(f"#model-{plot} img").wait_for(state="visible", timeout=30_000)
+                assert page.locator(f"#model-{plot} img").evaluate("img => img.naturalWidth") > 100
+            page.get_by_text("PPV at 10%").first.wait_for(state="visible")
+            page.locator("#model-errors img").first.wait_for(state="visible", timeout=30_000)
+            browser.close()
+    finally:
+        demo.close()

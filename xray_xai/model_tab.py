@@ -1,0 +1,241 @@
+"""The Space's "Model" tab: how the classifier behaves on validation and shift_dev.
+
+Everything shown comes from ``checkpoints/model_report.json`` (built by
+``python -m xray_xai.evaluation.model_report``) and its error sprite; nothing is scored at run
+time. A report built for other weights than the running classifier's is refused, not shown.
+Call :func:`build_model_tab` inside ``with gr.Tab("Model"):``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from . import CLASSES
+from .behaviour import band_rows, curves, predictive_values, rates_at
+from .calibration import OPERATING_POINTS, ece, reliability_bins
+from .model import PROJECT_ROOT
+
+DEFAULT_REPORT = PROJECT_ROOT / "checkpoints" / "model_report.json"
+REBUILD_COMMAND = (
+    "python -m xray_xai.evaluation.model_report --train ../shared/data/chest_xray/train "
+    "--shift ../shared/data/chest_xray/shift_dev --checkpoint checkpoints/classifier.json --out checkpoints/"
+)
+SPLITS = ("validation", "shift_dev")
+SPLIT_HELP = (
+    "**validation**: the patient-level split of train/ that the temperature and thresholds were fitted on. "
+    "**shift_dev**: half of the official test split, whose films look different (a window onto distribution "
+    "shift; never fitted on)."
+)
+COLOURS = {"validation": "C0", "shift_dev": "C3"}
+DEFAULT_PREVALENCE_PERCENT = 10.0
+PREVALENCE_HELP = (
+    "Sensitivity and specificity are properties of the model at this threshold. PPV (how often a PNEUMONIA "
+    "call is right) and NPV (how often a NORMAL call is right) also depend on how common pneumonia is among "
+    "the films read: the rarer it is, the more of the positive calls are false alarms (PPV falls) and the "
+    "more of the negative calls are right (NPV rises). They are recomputed here with Bayes' rule for "
+    "the prevalence you enter, from each split's sensitivity and specificity."
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The stored films of one split: true labels (1 = PNEUMONIA), calibrated P(pneumonia), band."""
+
+    files: tuple[str, ...]
+    labels: np.ndarray
+    probs: np.ndarray
+    bands: np.ndarray
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Split":
+        return cls(tuple(raw["file"]), np.asarray(raw["label"], dtype=int), np.asarray(raw["probability"], dtype=np.float64), np.asarray(raw["band"]))
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """A loaded ``model_report.json`` and the folder its error sprite lives in."""
+
+    classifier_sha256: str
+    operating_points: dict[str, dict[str, float]]
+    splits: dict[str, Split]
+    errors: tuple[dict, ...]
+    sprite: Path
+    tile: int
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelReport":
+        path = Path(path)
+        raw = json.loads(path.read_text())
+        return cls(
+            raw["classifier_sha256"],
+            raw["operating_points"],
+            {name: Split.from_json(raw["splits"][name]) for name in SPLITS},
+            tuple(raw["errors"]["films"]),
+            path.parent / raw["errors"]["sprite"],
+            int(raw["errors"]["tile"]),
+        )
+
+    def threshold(self, point: str) -> float:
+        return float(self.operating_points[point]["threshold"])
+
+
+def report_problem(path: str | Path, classifier_sha256: str) -> str | None:
+    """Why the report at ``path`` must not be shown for the running classifier, or ``None``."""
+    path = Path(path)
+    rebuild = f"Rebuild it with:\n\n```\n{REBUILD_COMMAND}\n```"
+    if not path.is_file():
+        return f"**No model report found** ({path.name}). {rebuild}"
+    built_for = json.loads(path.read_text()).get("classifier_sha256", "")
+    if built_for != classifier_sha256:
+        return (
+            f"**The model report is stale:** it was built for classifier weights sha256 `{built_for[:12]}…`, "
+            f"but the app runs weights `{classifier_sha256[:12]}…`. Its numbers would describe another model, "
+            f"so they are not shown. {rebuild}"
+        )
+    return None
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def roc_figure(report: ModelReport) -> Figure:
+    """ROC curves of both splits, with AUROC and the balanced operating point marked."""
+    fig = Figure(figsize=(5, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for name, split in report.splits.items():
+        c = curves(split.labels, split.probs)
+        ax.plot(c.fpr, c.tpr, color=COLOURS[name], label=f"{name}: AUROC {c.auroc:.3f} (n={len(split.labels)})")
+        point = rates_at(split.labels, split.probs, report.threshold("balanced"))
+        ax.plot(1 - point.specificity, point.sensitivity, "o", color=COLOURS[name], ms=7)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title="ROC (dots: balanced point)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def pr_figure(report: ModelReport) -> Figure:
+    """Precision-recall curves of both splits, with AUPRC and each split's prevalence."""
+    fig = Figure(figsize=(5, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for name, split in report.splits.items():
+        c = curves(split.labels, split.probs)
+        ax.plot(c.recall, c.precision, color=COLOURS[name], label=f"{name}: AUPRC {c.auprc:.3f}")
+        ax.axhline(split.labels.mean(), ls=":", color=COLOURS[name], label=f"{name} prevalence {_percent(split.labels.mean())}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def reliability_figure(report: ModelReport, n_bins: int = 15) -> Figure:
+    """Reliability diagrams side by side: observed pneumonia rate against predicted probability
+    (the bins of the model card's ECE; dot area grows with the films in a bin)."""
+    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(report.splits), sharey=True)
+    for ax, (name, split) in zip(axes, report.splits.items()):
+        bins = [b for b in reliability_bins(split.probs, split.labels, n_bins) if b["count"]]
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=1 / n_bins, align="edge", alpha=0.45, color=COLOURS[name], edgecolor="k")
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[12 + 2 * b["count"] ** 0.75 for b in bins], color="k", zorder=3)
+        ax.set(xlabel="predicted P(pneumonia)", title=f"{name}: ECE {ece(split.probs, split.labels, n_bins):.3f}", xlim=(0, 1), ylim=(0, 1))
+    axes[0].set_ylabel("observed pneumonia rate")
+    return fig
+
+
+def confusion_figure(report: ModelReport) -> Figure:
+    """Confusion matrices: one row per split, one column per operating point."""
+    points = [p for p in OPERATING_POINTS if p in report.operating_points]
+    fig = Figure(figsize=(3.2 * len(points), 6.2), layout="constrained")
+    axes = fig.subplots(len(report.splits), len(points), squeeze=False)
+    for row, (name, split) in zip(axes, report.splits.items()):
+        for ax, point in zip(row, points):
+            rates = rates_at(split.labels, split.probs, report.threshold(point))
+            ConfusionMatrixDisplay(np.array(rates.confusion), display_labels=CLASSES).plot(ax=ax, colorbar=False, cmap="Blues")
+            ax.set_title(f"{name} · {point} (p ≥ {rates.threshold:.3f})\nsens {_percent(rates.sensitivity)} · spec {_percent(rates.specificity)}", fontsize=9)
+    return fig
+
+
+def bands_table(report: ModelReport) -> pd.DataFrame:
+    """Films and accuracy per confidence band at the balanced point, for each split."""
+    columns = {}
+    for name, split in report.splits.items():
+        rows = band_rows(split.labels, split.probs, split.bands, report.threshold("balanced"))
+        columns["Band"] = [r.band for r in rows]
+        columns[f"{name} n"] = [r.n for r in rows]
+        columns[f"{name} accuracy"] = [_percent(r.accuracy) for r in rows]
+    return pd.DataFrame(columns)
+
+
+def explore(report: ModelReport, threshold: float, prevalence_percent: float) -> tuple[pd.DataFrame, str]:
+    """Sensitivity, specificity, and PPV/NPV at the user's prevalence, per split, at ``threshold``."""
+    prevalence = prevalence_percent / 100
+    at = f"at {prevalence_percent:g}%"
+    rows = []
+    for name, split in report.splits.items():
+        rates = rates_at(split.labels, split.probs, threshold)
+        ppv, npv = predictive_values(rates.sensitivity, rates.specificity, prevalence)
+        rows.append(
+            {
+                "Split": name,
+                "Sensitivity": _percent(rates.sensitivity),
+                "Specificity": _percent(rates.specificity),
+                f"PPV {at}": _percent(ppv),
+                f"NPV {at}": _percent(npv),
+                "Split's own prevalence": _percent(rates.prevalence),
+            }
+        )
+    note = f"Threshold p ≥ {threshold:.3f}; prevalence in your setting {prevalence_percent:g}%. {PREVALENCE_HELP}"
+    return pd.DataFrame(rows), note
+
+
+def gallery_items(report: ModelReport) -> list[tuple[Image.Image, str]]:
+    """The error sprite cut into (film | Grad-CAM) pairs, each captioned with what went wrong."""
+    threshold = report.threshold("balanced")
+    with Image.open(report.sprite) as sheet:
+        sheet.load()
+        items = []
+        for row, film in enumerate(report.errors):
+            kind = "False negative" if film["label"] else "False positive"
+            tile = sheet.crop((0, row * report.tile, 2 * report.tile, (row + 1) * report.tile))
+            items.append((tile, f"{kind} · {film['file']} · P(pneumonia) {film['probability']:.3f} (threshold {threshold:.3f}) · band {film['band']}"))
+    return items
+
+
+def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_REPORT) -> None:
+    """Create the Model tab's components in the current Blocks context (a ``gr.Tab``)."""
+    problem = report_problem(report_path, classifier_sha256)
+    if problem is not None:
+        gr.Markdown(problem, elem_id="model-report-problem")
+        return
+    report = ModelReport.load(report_path)
+    counts = ", ".join(f"{name} {len(split.labels)} films" for name, split in report.splits.items())
+    gr.Markdown(f"## How the model behaves\nPrecomputed for these weights ({counts}). {SPLIT_HELP}")
+    with gr.Row():
+        gr.Plot(roc_figure(report), label="ROC", elem_id="model-roc")
+        gr.Plot(pr_figure(report), label="Precision-recall", elem_id="model-pr")
+    gr.Plot(reliability_figure(report), label="Reliability (calibration)", elem_id="model-reliability")
+    gr.Dataframe(bands_table(report), label="Accuracy per confidence band (balanced point)", interactive=False, elem_id="model-bands")
+    gr.Plot(confusion_figure(report), label="Confusion matrices at the three operating points", elem_id="model-confusion")
+    gr.Markdown("### Threshold explorer")
+    with gr.Row():
+        threshold = gr.Slider(0.0, 1.0, value=round(report.threshold("balanced"), 3), step=0.001, label="Threshold on P(pneumonia)")
+        prevalence = gr.Number(DEFAULT_PREVALENCE_PERCENT, minimum=0.1, maximum=99.9, step=0.1, label="Prevalence of pneumonia in your setting (%)")
+    table, note = explore(report, threshold.value, DEFAULT_PREVALENCE_PERCENT)
+    explorer_table = gr.Dataframe(table, interactive=False, elem_id="model-explorer")
+    explorer_note = gr.Markdown(note)
+    gr.on([threshold.change, prevalence.change], lambda t, p: explore(report, t, p), [threshold, prevalence], [explorer_table, explorer_note], api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+    gr.Markdown(
+        "### Error gallery\nValidation films called wrong at the balanced point, most confidently wrong first: the film, "
+        "then Grad-CAM of the evidence for the (wrong) predicted class. Films from Kermany, Zhang and Goldbaum (2018), "
+        "doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
+    )
+    gr.Gallery(gallery_items(report), columns=4, height="auto", allow_preview=True, object_fit="contain", format="jpeg", elem_id="model-errors", label=f"{len(report.errors)} validation errors")
