@@ -63,11 +63,18 @@ class Classifier:
     @torch.inference_mode()
     def score(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated P(pneumonia) and feature-space (Mahalanobis) distance in one forward pass."""
+        probs, distance, _ = self.score_with_features(batch)
+        return probs, distance
+
+    @torch.inference_mode()
+    def score_with_features(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:meth:`score` plus the pooled penultimate features ``(N, d)`` of that same forward pass."""
         features = penultimate_features(self.model, batch)
         probs = self.calibrate(self.model.get_classifier()(features).reshape(-1)).double().numpy()
+        pooled = features.float().numpy()
         if self.ood_mean is None or self.ood_precision is None:
-            return probs, None
-        return probs, mahalanobis(features.double().numpy(), self.ood_mean, self.ood_precision)
+            return probs, None, pooled
+        return probs, mahalanobis(pooled.astype(np.float64), self.ood_mean, self.ood_precision), pooled
 
     def operating_point(self, name: str = "balanced") -> OperatingPoint:
         points = self.card.operating_points
