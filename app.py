@@ -18,6 +18,7 @@ from xray_xai import DISCLAIMER
 from xray_xai.cam import CAM_METHODS
 from xray_xai.pipeline import OCCLUSION_PRESETS, Pipeline
 from xray_xai.results import BAND_EXPLANATION
+from xray_xai.similar import ATTRIBUTION as SIMILAR_ATTRIBUTION
 from xray_xai.space import Handlers, user_errors
 
 torch.set_num_threads(int(os.environ.get("CPU_CORES", "2")))
@@ -52,6 +53,7 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
                     occlusion = gr.Radio(list(OCCLUSION_PRESETS), value="fast", label="Occlusion detail", info=", ".join(f"{k}: window {v['window']} px, stride {v['stride']} px" for k, v in OCCLUSION_PRESETS.items()))
                     opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity")
                     outline = gr.Checkbox(value=True, label="Show lung outline")
+                    boxes = gr.Checkbox(value=True, label="Show evidence boxes (strongest regions of each map)")
                 run = gr.Button("Analyse", variant="primary")
             with gr.Column(scale=2):
                 badge = gr.HTML(f'<div class="band-help">{BAND_EXPLANATION}</div>')
@@ -61,11 +63,13 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
                     original = gr.Image(label="Radiograph", format="png", interactive=False)
                     gradcam = gr.Image(label="Grad-CAM", format="png", interactive=False)
                     occlusion_view = gr.Image(label="Occlusion sensitivity", format="png", interactive=False)
+                similar = gr.Gallery(label="Most similar training films (the model's feature space; dataset labels)", columns=6, height=180, interactive=False)
+                gr.Markdown(SIMILAR_ATTRIBUTION, elem_classes="band-help")
                 legend = gr.Markdown()
                 agreement = gr.Markdown()
                 report = gr.Textbox(label="Report", lines=18, max_lines=40, buttons=["copy"], elem_id="report")
                 download = gr.File(label="Whole analysis (JSON)")
-        outputs = [badge, label, original, gradcam, occlusion_view, agreement, legend, alerts, report, download]
+        outputs = [badge, label, original, gradcam, occlusion_view, agreement, legend, alerts, report, download, similar]
         gr.Examples(
             examples=[[str(p)] for p in examples],
             example_labels=[f"{p.parent.name} (ground truth) · {p.stem}" for p in examples],
@@ -77,10 +81,10 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
             label="Examples from the official validation split (click one)",
             examples_per_page=16,
         )
-        settings = [operating_point, cam_method, occlusion, opacity, outline]
+        settings = [operating_point, cam_method, occlusion, opacity, outline, boxes]
 
-        def stream(image_path, file_path, op, cam, occ, alpha, show_outline, progress=gr.Progress()):
-            yield from handlers.stream(image_path, file_path, op, cam, occ, alpha, show_outline, progress)
+        def stream(image_path, file_path, op, cam, occ, alpha, show_outline, show_boxes, progress=gr.Progress()):
+            yield from handlers.stream(image_path, file_path, op, cam, occ, alpha, show_outline, show_boxes, progress)
 
         # Undocumented (callable, not advertised) so that benchmarks/app_latency.py can time the first answer.
         run.click(user_errors(stream), [image, file, *settings], outputs, api_name="ui_analyze", api_visibility="undocumented", concurrency_id="model")

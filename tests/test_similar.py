@@ -205,3 +205,14 @@ def test_upload_of_a_new_film_gets_k_neighbours_with_labels(built, tmp_path):
     similar = Pipeline.load(checkpoint, lung_checkpoint=None, similar_index=card_path).first_pass(path).analysis.similar
     assert len(similar) == K and {c.label for c in similar} <= {"NORMAL", "PNEUMONIA"}
     assert all(-1.0 <= c.similarity <= 1.0 for c in similar)
+
+
+def test_gallery_shows_each_neighbour_with_label_and_similarity():
+    from xray_xai.pipeline import Result
+    from xray_xai.space import gallery_value
+
+    analysis = Analysis(Prediction("NORMAL", 0.1, 0.9, "High", POINT), similar=_cases("NP"))
+    thumbs = (np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8))
+    items = gallery_value(Result(analysis, np.zeros((80, 80), np.float32), thumbnails=thumbs))
+    assert [caption for _, caption in items] == ["NORMAL · similarity 0.90 · f0.jpeg", "PNEUMONIA · similarity 0.89 · f1.jpeg"]
+    assert np.asarray(Image.open(items[1][0])).mean() == pytest.approx(200, abs=1)

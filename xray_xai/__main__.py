@@ -41,6 +41,8 @@ def result_record(path: str, result: Result) -> dict:
         "ood": {"flagged": analysis.ood.flagged, "reasons": list(analysis.ood.reasons)},
         "agreement": to_jsonable(analysis.agreement),
         "anatomy": to_jsonable(analysis.anatomy),
+        "similar": to_jsonable(analysis.similar),
+        "boxes": to_jsonable(analysis.boxes),
         "report": analysis.report,
         "disclaimer": DISCLAIMER,
     }

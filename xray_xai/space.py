@@ -113,16 +113,27 @@ def write_png(image: np.ndarray | None) -> str | None:
     return path
 
 
-def ui_values(result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = ()) -> tuple[Any, ...]:
+def gallery_value(result: Result) -> list[tuple[str, str]]:
+    """The similar training films for ``gr.Gallery``: (PNG path, "LABEL · similarity · id"), most similar first."""
+    return [
+        (write_png(thumbnail), f"{case.label} · similarity {case.similarity:.2f} · {case.id}")
+        for case, thumbnail in zip(result.analysis.similar, result.thumbnails)
+    ]
+
+
+def ui_values(
+    result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = (), boxes: bool = True
+) -> tuple[Any, ...]:
     """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`.
 
     ``final=False`` marks a stream's first answer: the JSON download is cleared, not written,
     until the analysis is whole. Outputs named in ``unchanged`` get ``gr.skip()``: Gradio
-    neither re-encodes nor re-sends what the first answer already shows.
+    neither re-encodes nor re-sends what the first answer already shows. ``boxes`` draws the
+    evidence boxes on the overlays.
     """
     analysis = result.analysis
     maps = [name for name in ("gradcam", "occlusion") if name not in unchanged and name in result.maps]
-    overlays = result.overlays(opacity, outline, maps)
+    overlays = result.overlays(opacity, outline, maps, boxes)
     values = {
         "badge": badge_html(analysis.prediction, analysis.ood.flagged),
         "label": label_value(analysis.prediction),
@@ -134,11 +145,12 @@ def ui_values(result: Result, opacity: float, outline: bool, final: bool = True,
         "alerts": alerts_markdown(result),
         "report": analysis.report,
         "json": write_json(result) if final else None,
+        "similar": None if "similar" in unchanged else gallery_value(result),
     }
     return tuple(gr.skip() if name in unchanged else values[name] for name in UI_OUTPUTS)
 
 
-UI_OUTPUTS = ("badge", "label", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
+UI_OUTPUTS = ("badge", "label", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json", "similar")
 
 
 def _uint8(pixels: np.ndarray) -> np.ndarray:
@@ -200,14 +212,16 @@ class Handlers:
         occlusion: str,
         opacity: float,
         outline: bool,
+        boxes: bool = True,
         progress: Callable | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """First answer (prediction + Grad-CAM), then the complete analysis with occlusion."""
+        """First answer (prediction + Grad-CAM + similar films), then the complete analysis with occlusion."""
         options = _options(operating_point, cam_method, occlusion)
         first = self.pipeline.first_pass(self.pick_source(image_path, file_path), options)
-        yield ui_values(first, opacity, outline, final=False)
+        yield ui_values(first, opacity, outline, final=False, boxes=boxes)
         report = (lambda done, total: progress((done, total), desc="Occlusion sensitivity")) if progress else None
-        yield ui_values(self.pipeline.complete(first, options, report), opacity, outline, unchanged=("original", "gradcam"))
+        complete = self.pipeline.complete(first, options, report)
+        yield ui_values(complete, opacity, outline, unchanged=("original", "gradcam", "similar"), boxes=boxes)
 
     def example(self, image_path: str) -> tuple[Any, ...]:
         """Full analysis of an example with the default settings (cached lazily by Gradio)."""
