@@ -20,6 +20,7 @@ from xray_xai.imaging import MAX_FILE_BYTES
 from xray_xai.model_tab import build_model_tab
 from xray_xai.pipeline import OCCLUSION_PRESETS, Pipeline
 from xray_xai.results import BAND_EXPLANATION
+from xray_xai.similar import ATTRIBUTION as SIMILAR_ATTRIBUTION
 from xray_xai.space import (
     CAM_CHOICES,
     OCCLUSION_CHOICES,
@@ -73,6 +74,7 @@ def build_analyse_tab(handlers: Handlers) -> None:
                 occlusion = gr.Radio(OCCLUSION_CHOICES, value="fast", label="Occlusion detail", info=", ".join(f"{k}: window {v['window']} px, stride {v['stride']} px" for k, v in OCCLUSION_PRESETS.items()))
                 opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity")
                 outline = gr.Checkbox(value=True, label="Show lung outline")
+                boxes = gr.Checkbox(value=True, label="Show evidence boxes (strongest regions of each map)")
             run = gr.Button("Analyse", variant="primary", elem_id="analyse")
         with gr.Column(scale=2):
             badge = gr.HTML(f'<div class="band-help">{BAND_EXPLANATION}</div>', elem_id="badge")
@@ -82,6 +84,8 @@ def build_analyse_tab(handlers: Handlers) -> None:
                 original = gr.Image(label="Radiograph", format="png", interactive=False)
                 gradcam = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="gradcam")
                 occlusion_view = gr.Image(label="Occlusion sensitivity", format="png", interactive=False, elem_id="occlusion")
+            similar = gr.Gallery(label="Most similar training films (the model's feature space; dataset labels)", columns=6, height=180, interactive=False, elem_id="similar")
+            gr.Markdown(SIMILAR_ATTRIBUTION, elem_classes="band-help")
             legend = gr.Markdown()
             agreement = gr.Markdown(elem_id="agreement")
             report = gr.Textbox(label="Report", lines=18, max_lines=40, buttons=["copy"], elem_id="report")
@@ -94,11 +98,11 @@ def build_analyse_tab(handlers: Handlers) -> None:
         object_fit="cover",
         elem_id="examples",
     )
-    outputs = [badge, probability, original, gradcam, occlusion_view, agreement, legend, alerts, report, download]
-    settings = [operating_point, cam_method, occlusion, opacity, outline]
+    outputs = [badge, probability, original, gradcam, occlusion_view, agreement, legend, alerts, report, download, similar]
+    settings = [operating_point, cam_method, occlusion, opacity, outline, boxes]
 
-    def stream(path, op, cam, occ, alpha, show_outline, progress=gr.Progress()):
-        yield from handlers.stream(path, op, cam, occ, alpha, show_outline, progress)
+    def stream(path, op, cam, occ, alpha, show_outline, show_boxes, progress=gr.Progress()):
+        yield from handlers.stream(path, op, cam, occ, alpha, show_outline, show_boxes, progress)
 
     upload.change(user_errors(preview_png), upload, preview, api_visibility="private", trigger_mode="always_last")
     # Undocumented (callable, not advertised) so that benchmarks/app_latency.py can time the first answer.
@@ -124,13 +128,14 @@ def build_api(handlers: Handlers) -> None:
         api_agreement = gr.JSON(label="agreement")
         api_report = gr.Textbox(label="report")
         api_json = gr.JSON(label="analysis")
+        api_uncertainty = gr.Number(label="uncertainty")
         predict_button = gr.Button(visible=False)
         explain_button = gr.Button(visible=False)
-    predict_button.click(user_errors(handlers.predict), [api_file, api_op], [api_label, api_prob, api_band], api_name="predict", concurrency_id="model")
+    predict_button.click(user_errors(handlers.predict), [api_file, api_op], [api_label, api_prob, api_band, api_uncertainty], api_name="predict", concurrency_id="model")
     explain_button.click(
         user_errors(handlers.explain),
         [api_file, api_op, api_cam, api_occ],
-        [api_label, api_prob, api_band, api_gradcam, api_occlusion, api_agreement, api_report, api_json],
+        [api_label, api_prob, api_band, api_gradcam, api_occlusion, api_agreement, api_report, api_json, api_uncertainty],
         api_name="explain",
         concurrency_id="model",
     )

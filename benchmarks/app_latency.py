@@ -25,7 +25,7 @@ from server import ROOT, running_app  # noqa: E402
 def time_stream(client: Client, path: Path) -> tuple[float, float]:
     """Seconds to the first streamed output and to the last one."""
     start = time.perf_counter()
-    job = client.submit(handle_file(str(path)), "balanced", "gradcam", "fast", 0.45, True, api_name="/ui_analyze")
+    job = client.submit(handle_file(str(path)), "balanced", "gradcam", "fast", 0.45, True, True, api_name="/ui_analyze")
     first = None
     while not job.done():
         if first is None and job.outputs():

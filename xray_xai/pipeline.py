@@ -21,6 +21,7 @@ from .agreement import agreement
 from .anatomy import analyze_anatomy, lung_box
 from .cam import CAM_METHODS, compute_cam
 from .classifier import Classifier
+from .evidence import draw_boxes, evidence_boxes, zone_regions
 from .imaging import InputError, LoadedImage, load_image
 from .lungs import LungMask, LungSegmenter
 from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
@@ -29,6 +30,7 @@ from .ood import assess_ood
 from .overlay import overlay
 from .report import build_report
 from .results import Analysis, Prediction, to_jsonable
+from .similar import DEFAULT_INDEX, SimilarIndex, load_matching
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
 OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}
@@ -66,12 +68,21 @@ class Result:
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (S, S) in [0, 1]
     lung: LungMask | None = None
     model_input: torch.Tensor | None = field(default=None, repr=False)
+    upload_shape: tuple[int, int] | None = None  # (H, W) of the upload, the frame of the evidence boxes; None: ``pixels``' shape
+    thumbnails: tuple[np.ndarray, ...] = field(default=(), repr=False)  # uint8 grayscale, one per ``analysis.similar``
 
-    def overlays(self, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """RGB uint8 overlays on the upload's own size and aspect ratio, one per map (or per name in ``maps``)."""
+    def overlays(
+        self, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None, boxes: bool = True
+    ) -> dict[str, np.ndarray]:
+        """RGB uint8 overlays on the upload's own aspect ratio, one per map (or per name in ``maps``),
+        with each map's evidence boxes drawn when ``boxes``."""
         contour = self.lung.mask if (outline and self.lung is not None and self.lung.ok) else None
         names = self.maps if maps is None else maps
-        return {name: overlay(self.pixels, self.maps[name], opacity=opacity, outline=contour) for name in names}
+        drawn = {name: overlay(self.pixels, self.maps[name], opacity=opacity, outline=contour) for name in names}
+        if not boxes:
+            return drawn
+        frame = self.upload_shape or self.pixels.shape
+        return {name: draw_boxes(rgb, tuple(b for b in self.analysis.boxes if b.method == name), frame) for name, rgb in drawn.items()}
 
     def to_json(self) -> dict:
         return to_jsonable(self.analysis)
@@ -80,20 +91,29 @@ class Result:
 class Pipeline:
     """The loaded models and the steps of one analysis."""
 
-    def __init__(self, classifier: Classifier, segmenter: LungSegmenter | None = None) -> None:
+    def __init__(self, classifier: Classifier, segmenter: LungSegmenter | None = None, similar: SimilarIndex | None = None) -> None:
         self.classifier = classifier
         self.segmenter = segmenter
+        self.similar = similar  # similar training films; None without an index matching the classifier
         # Per-method thresholds are fitted on validation for this classifier's maps (its model
         # card); without them anatomy uses its default.
         self.shortcut_threshold = dict(classifier.card.explanations.get("shortcut_threshold", {}))
 
     @classmethod
-    def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT) -> "Pipeline":
-        """Load the classifier and, when its checkpoint exists, the lung segmenter."""
+    def load(
+        cls,
+        checkpoint: str | Path = DEFAULT_CHECKPOINT,
+        lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT,
+        similar_index: str | Path | None = DEFAULT_INDEX,
+    ) -> "Pipeline":
+        """Load the classifier and, when their files exist, the lung segmenter and the similar-case
+        index (ignored, with a logged warning, when it was built with other classifier weights)."""
         segmenter = None
         if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
             segmenter = LungSegmenter.load(lung_checkpoint)
-        return cls(Classifier.load(checkpoint), segmenter)
+        classifier = Classifier.load(checkpoint)
+        similar = load_matching(similar_index, classifier.card.sha256) if similar_index is not None else None
+        return cls(classifier, segmenter, similar)
 
     def predict(self, source: str | os.PathLike | bytes, operating_point: str = "balanced") -> tuple[LoadedImage, Prediction, Analysis, torch.Tensor]:
         """Decode, classify and check for out-of-distribution input (no explanations)."""
@@ -105,7 +125,8 @@ class Pipeline:
         prediction = self.classifier.decide(
             float(scores.probabilities[0]), operating_point, scores.member_probabilities[0], unusual=ood.flagged
         )
-        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings))
+        similar = self.similar.search(scores.features[0]) if self.similar is not None else ()
+        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar)
         return image, prediction, analysis, x
 
     def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:
@@ -121,9 +142,11 @@ class Pipeline:
             cam_method=options.cam_method,
             explained_class=self.classifier.card.classes[target],
             anatomy=analyze_anatomy(maps, lung, self.shortcut_threshold),
+            boxes=evidence_boxes(cam, "gradcam", image.pixels.shape, zone_regions(lung, cam.shape)),
         )
         analysis = replace(analysis, report=build_report(analysis))
-        return Result(analysis, _display(image.pixels), maps, lung, x)
+        thumbnails = tuple(self.similar.thumbnail(case.id) for case in analysis.similar) if self.similar is not None else ()
+        return Result(analysis, _display(image.pixels), maps, lung, x, image.pixels.shape, thumbnails)
 
     def complete(self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None) -> Result:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
@@ -145,10 +168,12 @@ class Pipeline:
         support = np.clip(occ.map, 0, None)
         occ_display = support / support.max() if support.max() > 0 else support
         maps = {**result.maps, "occlusion": occ_display.astype(np.float32)}
+        frame = result.upload_shape or result.pixels.shape
         analysis = replace(
             result.analysis,
             agreement=agreement(result.maps["gradcam"], occ.map, occ.grid.shape, region=occ.region),
             anatomy=analyze_anatomy(maps, result.lung, self.shortcut_threshold),
+            boxes=result.analysis.boxes + evidence_boxes(maps["occlusion"], "occlusion", frame, zone_regions(result.lung, occ_display.shape)),
         )
         analysis = replace(analysis, report=build_report(analysis))
         return replace(result, analysis=analysis, maps=maps)

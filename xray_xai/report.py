@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import DISCLAIMER
-from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction
+from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction, SimilarCase
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 
@@ -240,8 +240,59 @@ def _shortcut_line(anatomy: Anatomy | None, cam_method: str) -> str:
     return "- Shortcut check: no warning (the heatmap mass outside the lungs is within the range seen on validation images)."
 
 
+def label_counts(cases: tuple[SimilarCase, ...]) -> dict[str, int]:
+    """How many neighbours carry each label, most frequent first (ties by label name)."""
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.label] = counts.get(case.label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def majority_label(cases: tuple[SimilarCase, ...]) -> str | None:
+    """The label carried by more than half of the neighbours, or None (no neighbours, or no majority)."""
+    counts = label_counts(cases)
+    label, count = next(iter(counts.items()), (None, 0))
+    return label if count * 2 > len(cases) else None
+
+
+def _counts_phrase(cases: tuple[SimilarCase, ...]) -> str:
+    """``"5 are labelled PNEUMONIA and 1 NORMAL"`` / ``"all 6 are labelled NORMAL"``."""
+    counts = list(label_counts(cases).items())
+    if len(counts) == 1:
+        return f"all {len(cases)} are labelled {counts[0][0]}"
+    (first, n_first), *rest = counts
+    return f"{n_first} {'is' if n_first == 1 else 'are'} labelled {first} and " + _join([f"{n} {label}" for label, n in rest])
+
+
+def format_similar(cases: tuple[SimilarCase, ...]) -> list[str]:
+    """Lines of the SIMILAR CASES section: how many of the nearest training films carry each label."""
+    low, high = min(c.similarity for c in cases), max(c.similarity for c in cases)
+    return [
+        f"- Of the {len(cases)} training films that the model represents most similarly to this image "
+        f"(feature similarity {low:.2f} to {high:.2f}), {_counts_phrase(cases)} in the dataset.",
+        "- These labels belong to other children's films, not to this image: resemblance in the model's features "
+        "may hint at, but does not establish, a shared finding.",
+    ]
+
+
+def _similar_line(analysis: Analysis) -> str | None:
+    """A caution when most similar training films carry the other label than the reported one."""
+    majority = majority_label(analysis.similar)
+    if majority is None or majority == analysis.prediction.label:
+        return None
+    n = label_counts(analysis.similar)[majority]
+    return (
+        f"- Similar cases disagree: most of the {len(analysis.similar)} most similar training films ({n} of "
+        f"{len(analysis.similar)}) are labelled {majority}, unlike the reported {analysis.prediction.label}; "
+        "read this result with extra caution."
+    )
+
+
 def format_reliability(analysis: Analysis) -> list[str]:
     lines = [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
+    similar = _similar_line(analysis)
+    if similar is not None:
+        lines.append(similar)
     ood = analysis.ood
     if ood.flagged:
         measured = ""
@@ -264,6 +315,7 @@ def build_report(analysis: Analysis) -> str:
         ("QUICK SUMMARY", [summary_sentence(analysis)]),
         ("FINDINGS", format_findings(analysis)),
         ("LOCATIONS", format_locations(analysis)),
+        *([("SIMILAR CASES", format_similar(analysis.similar))] if analysis.similar else []),
         ("IMPRESSION", format_impression(analysis)),
         ("EXPLANATION RELIABILITY", format_reliability(analysis)),
         ("DISCLAIMER", [DISCLAIMER, "For any concern about a patient's health, consult a qualified clinician."]),

@@ -101,6 +101,28 @@ class Anatomy:
 
 
 @dataclass(frozen=True)
+class SimilarCase:
+    """A training film near the upload in the classifier's feature space."""
+
+    id: str  # the dataset's file name
+    label: str  # the dataset's label of that film, not a finding about the upload
+    similarity: float  # cosine similarity of standardised features, in [-1, 1]
+
+
+@dataclass(frozen=True)
+class EvidenceBox:
+    """One of a map's strongest regions, in the upload's own pixels (``x1``, ``y1`` exclusive)."""
+
+    method: str  # the map: "gradcam" (whichever CAM method ran) or "occlusion"
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float  # share of the map's positive mass inside this region
+    zone: str  # an Anatomy zone key ("right lower", "outside lungs", ...) holding most of that mass
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Everything one analysis produced, minus the images."""
 
@@ -111,6 +133,8 @@ class Analysis:
     explained_class: str = "PNEUMONIA"  # the class whose evidence the maps show
     anatomy: Anatomy | None = None
     agreement: Agreement | None = None  # None until occlusion has run
+    similar: tuple[SimilarCase, ...] = ()  # nearest training films, most similar first; () without an index
+    boxes: tuple[EvidenceBox, ...] = ()  # strongest regions of each map, strongest first per map
     report: str = ""
 
 

@@ -179,16 +179,27 @@ def example_picker(examples: list[tuple[str, str]]) -> Callable[[gr.SelectData],
     return pick
 
 
-def ui_values(result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = ()) -> tuple[Any, ...]:
+def gallery_value(result: Result) -> list[tuple[str, str]]:
+    """The similar training films for ``gr.Gallery``: (PNG path, "LABEL · similarity · id"), most similar first."""
+    return [
+        (write_png(thumbnail), f"{case.label} · similarity {case.similarity:.2f} · {case.id}")
+        for case, thumbnail in zip(result.analysis.similar, result.thumbnails)
+    ]
+
+
+def ui_values(
+    result: Result, opacity: float, outline: bool, final: bool = True, unchanged: tuple[str, ...] = (), boxes: bool = True
+) -> tuple[Any, ...]:
     """Values for the UI outputs, in the order of :data:`UI_OUTPUTS`.
 
     ``final=False`` marks a stream's first answer: the JSON download is cleared, not written,
     until the analysis is whole. Outputs named in ``unchanged`` get ``gr.skip()``: Gradio
-    neither re-encodes nor re-sends what the first answer already shows.
+    neither re-encodes nor re-sends what the first answer already shows. ``boxes`` draws the
+    evidence boxes on the overlays.
     """
     analysis = result.analysis
     maps = [name for name in ("gradcam", "occlusion") if name not in unchanged and name in result.maps]
-    overlays = result.overlays(opacity, outline, maps)
+    overlays = result.overlays(opacity, outline, maps, boxes)
     values = {
         "badge": badge_html(analysis.prediction, analysis.ood.flagged),
         "probability": probability_html(analysis.prediction),
@@ -200,11 +211,12 @@ def ui_values(result: Result, opacity: float, outline: bool, final: bool = True,
         "alerts": alerts_markdown(result),
         "report": analysis.report,
         "json": write_json(result) if final else None,
+        "similar": None if "similar" in unchanged else gallery_value(result),
     }
     return tuple(gr.skip() if name in unchanged else values[name] for name in UI_OUTPUTS)
 
 
-UI_OUTPUTS = ("badge", "probability", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json")
+UI_OUTPUTS = ("badge", "probability", "original", "gradcam", "occlusion", "agreement", "legend", "alerts", "report", "json", "similar")
 
 
 def _uint8(pixels: np.ndarray) -> np.ndarray:
@@ -263,16 +275,18 @@ class Handlers:
         occlusion: str,
         opacity: float,
         outline: bool,
+        boxes: bool = True,
         progress: Callable | None = None,
     ) -> Iterator[tuple[Any, ...]]:
-        """First answer (prediction + Grad-CAM), then the complete analysis with occlusion."""
+        """First answer (prediction + Grad-CAM + similar films), then the complete analysis with occlusion."""
         options = _options(operating_point, cam_method, occlusion)
         first = self.pipeline.first_pass(self.require(path), options)
-        yield ui_values(first, opacity, outline, final=False)
+        yield ui_values(first, opacity, outline, final=False, boxes=boxes)
         report = (lambda done, total: progress((done, total), desc="Occlusion sensitivity")) if progress else None
-        yield ui_values(self.pipeline.complete(first, options, report), opacity, outline, unchanged=("original", "gradcam"))
+        complete = self.pipeline.complete(first, options, report)
+        yield ui_values(complete, opacity, outline, unchanged=("original", "gradcam", "similar"), boxes=boxes)
 
-    def predict(self, image: str, operating_point: str = "balanced") -> tuple[str, float, str]:
+    def predict(self, image: str, operating_point: str = "balanced") -> tuple[str, float, str, float | None]:
         """Classify a chest radiograph, without explanations (fast).
 
         Args:
@@ -282,14 +296,15 @@ class Handlers:
         Returns:
             label: "PNEUMONIA" or "NORMAL" at the chosen operating point (a research output, not a diagnosis).
             probability: Calibrated probability of pneumonia, between 0 and 1.
-            band: Confidence band of the reported label: "High", "Moderate" or "Low".
+            band: Confidence band of the reported label: "High", "Moderate" or "Low" (lowered when the ensemble's members disagree or the film looks unlike the training films).
+            uncertainty: Standard deviation of the ensemble members' calibrated probabilities (null for a single network).
         """
         _, prediction, _, _ = self.pipeline.predict(self.require(image), operating_point)
-        return prediction.label, prediction.probability, prediction.band
+        return prediction.label, prediction.probability, prediction.band, prediction.uncertainty
 
     def explain(
         self, image: str, operating_point: str = "balanced", cam_method: str = "gradcam", occlusion: str = "fast"
-    ) -> tuple[str, float, str, str, str, dict, str, dict]:
+    ) -> tuple[str, float, str, str, str, dict, str, dict, float | None]:
         """Classify a chest radiograph and explain the answer with Grad-CAM and occlusion.
 
         Args:
@@ -306,7 +321,8 @@ class Handlers:
             occlusion_map: Occlusion-sensitivity overlay on the radiograph (PNG).
             agreement: Spearman correlation, top-20% IoU and verdict of the two maps.
             report: Structured plain-language report, ending with the medical disclaimer.
-            analysis: The whole analysis as JSON (prediction, OOD check, anatomy, agreement, report, disclaimer).
+            analysis: The whole analysis as JSON (prediction with band reasons, OOD check, anatomy, agreement, similar training films, evidence boxes, report, disclaimer).
+            uncertainty: Standard deviation of the ensemble members' calibrated probabilities (null for a single network).
         """
         options = _options(operating_point, cam_method, occlusion)
         result = self.pipeline.analyze(self.require(image), options)
@@ -322,4 +338,5 @@ class Handlers:
             payload["agreement"],
             analysis.report,
             payload,
+            analysis.prediction.uncertainty,
         )
