@@ -59,7 +59,8 @@ def radiograph(tmp_path_factory) -> Path:
 
 def test_predict_endpoint(app_url, radiograph):
     client = gradio_client.Client(app_url, verbose=False)
-    label, probability, band = client.predict(gradio_client.handle_file(str(radiograph)), "balanced", api_name="/predict")
+    label, probability, band, uncertainty = client.predict(gradio_client.handle_file(str(radiograph)), "balanced", api_name="/predict")
+    assert uncertainty is None  # the tiny test model is a single network
     assert label in {"NORMAL", "PNEUMONIA"}
     assert 0.0 <= probability <= 1.0
     assert band in {"High", "Moderate", "Low"}
@@ -68,9 +69,10 @@ def test_predict_endpoint(app_url, radiograph):
 
 def test_explain_endpoint(app_url, radiograph):
     client = gradio_client.Client(app_url, verbose=False)
-    label, probability, band, gradcam, occlusion, agreement, report, analysis = client.predict(
+    label, probability, band, gradcam, occlusion, agreement, report, analysis, uncertainty = client.predict(
         gradio_client.handle_file(str(radiograph)), "screening", "gradcam", "fast", api_name="/explain"
     )
+    assert uncertainty is None and analysis["prediction"]["uncertainty"] is None and analysis["prediction"]["band"] == band
     for overlay in (gradcam, occlusion):
         with Image.open(overlay) as image:
             assert image.format == "PNG"
@@ -282,7 +284,7 @@ def test_app_py_starts_and_answers_on_the_committed_checkpoint(tmp_path):
                 assert process.poll() is None and time.time() < deadline, (tmp_path / "app.log").read_text()
                 time.sleep(0.5)
         example = sorted((ROOT / "examples" / "PNEUMONIA").glob("*.jpeg"))[0]
-        label, probability, band = client.predict(gradio_client.handle_file(str(example)), "balanced", api_name="/predict")
+        label, probability, band, uncertainty = client.predict(gradio_client.handle_file(str(example)), "balanced", api_name="/predict")
         assert label in ("NORMAL", "PNEUMONIA") and 0.0 <= probability <= 1.0 and band in ("High", "Moderate", "Low")
         explained = client.predict(gradio_client.handle_file(str(example)), "balanced", "gradcam", "fast", api_name="/explain")
         assert DISCLAIMER in explained[6]

@@ -147,7 +147,8 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
     assert set(card["validation"]["perturbed"]) == {"clean", "blur_1px", "blur_2px", "noise_0.03", "gamma_0.7", "gamma_1.4"}
     assert card["uncertainty"]["threshold"] >= 0 and card["uncertainty"]["quantile"] == 0.95
     assert len(card["training"]["members"]) == 2 and card["ood"]["threshold"] > 0
-    assert (tmp_path / "ensemble" / "classifier_val_patients.json").read_text() == (tmp_path / "member1" / "classifier_val_patients.json").read_text()
+    split = json.loads((tmp_path / "ensemble" / "classifier_val_patients.json").read_text())
+    assert split == json.loads((tmp_path / "member1" / "classifier_val_patients.json").read_text()) and split["seed"] == 0
     classifier = Classifier.load(tmp_path / "ensemble" / "classifier.json")
     assert isinstance(classifier.model, Ensemble)
     prediction = classifier.predict(smooth_image_like(50))

@@ -268,8 +268,8 @@ def order_rows(inputs: Sequence[str], rows: Iterable[dict]) -> list[dict]:
 
 
 def write_parquet(rows: Sequence[dict], path: Path) -> None:
-    """The rows as a Parquet table: one column per key, nested values (ood, agreement, anatomy,
-    overlays) as JSON text, missing keys (error rows) as null."""
+    """The rows as a Parquet table: one column per key, nested values (lists and objects such as
+    ood, agreement, anatomy, similar, boxes) as JSON text, missing keys (error rows) as null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

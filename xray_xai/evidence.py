@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import OUTSIDE, image_zone_masks, zone_masks
+from .anatomy import image_zone_masks, zone_masks
 from .lungs import LungMask
-from .results import EvidenceBox
+from .results import OUTSIDE_KEY, EvidenceBox
 
 TOP_FRACTION = 0.10  # candidate pixels: the map's hottest 10%
 MAX_BOXES = 3
@@ -32,7 +32,7 @@ def zone_regions(lung: LungMask | None, shape: tuple[int, int]) -> dict[str, np.
     if lung is None or not lung.ok:
         return image_zone_masks(shape)
     mask = cv2.resize(lung.mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return {**zone_masks(mask), OUTSIDE: ~mask}
+    return {**zone_masks(mask), OUTSIDE_KEY: ~mask}
 
 
 def top_regions(heatmap: np.ndarray, top_fraction: float = TOP_FRACTION) -> tuple[np.ndarray, int]:

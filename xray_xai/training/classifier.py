@@ -329,7 +329,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
     extras = {"ood_mean": torch.from_numpy(feat_mean), "ood_precision": torch.from_numpy(feat_precision)}
     card = save_within_tolerance(model, card, out / "classifier.json", extras, x_val, cal_p)
     (out / "classifier_val_patients.json").write_text(
-        json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
+        json.dumps({"seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
     )
     return card
 

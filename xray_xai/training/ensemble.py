@@ -173,7 +173,9 @@ def build(args: argparse.Namespace) -> ModelCard:
     out = Path(args.out)
     extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
     card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
-    (out / "classifier_val_patients.json").write_text((cards[0].parent / "classifier_val_patients.json").read_text())
+    split = json.loads((cards[0].parent / "classifier_val_patients.json").read_text())
+    split["seed"] = first.training.get("config", {}).get("split_seed", split.get("seed"))  # the split's seed, not a member's
+    (out / "classifier_val_patients.json").write_text(json.dumps(split, indent=1) + "\n")
     return card
 
 
