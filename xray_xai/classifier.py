@@ -94,11 +94,11 @@ class Classifier:
         """Calibrated probabilities (the ensemble's and each member's), features and their
         Mahalanobis distance, all from one forward pass."""
         features = penultimate_features(self.model, batch)
-        logits = self.model.get_classifier()(features).reshape(-1)
         if isinstance(self.model, Ensemble):
             member_logits = self.model.member_logits_from_features(features)
         else:
-            member_logits = logits.reshape(-1, 1)
+            member_logits = self.model.get_classifier()(features).reshape(-1, 1)
+        logits = member_logits.mean(dim=1)  # the ensemble's logit: the mean of its members'
         feature_array = features.double().numpy()
         distance = None
         if self.ood_mean is not None and self.ood_precision is not None:

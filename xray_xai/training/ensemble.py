@@ -50,9 +50,8 @@ PERTURBATIONS: dict[str, Perturbation] = {
 UNCERTAINTY_QUANTILE = 0.95
 
 
-def member_logits(model: Ensemble, pixels: torch.Tensor) -> np.ndarray:
-    """``(N, M)`` raw logits of each member for [0, 1] pixels."""
-    _, features = predict_logits(model, pixels, features=True)
+def member_logits(model: Ensemble, features: np.ndarray) -> np.ndarray:
+    """``(N, M)`` raw logits of each member from the ensemble's pooled features."""
     with torch.inference_mode():
         return model.member_logits_from_features(torch.from_numpy(features).float()).double().numpy()
 
@@ -77,10 +76,10 @@ def assemble(cards: list[Path]) -> tuple[Ensemble, list[ModelCard]]:
     return ensemble, member_cards
 
 
-def perturbed_logits(model: Ensemble, x_val: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
-    """Ensemble logits of the clean validation films and of each perturbed copy."""
+def perturbed_logits(model: Ensemble, x_val: torch.Tensor, clean: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ensemble logits of the validation films: ``clean`` (already computed) and each perturbed copy."""
     generator = torch.Generator().manual_seed(seed)
-    out = {"clean": predict_logits(model, x_val)}
+    out = {"clean": clean}
     for name, perturb in PERTURBATIONS.items():
         out[name] = predict_logits(model, perturb(x_val.float(), generator))
     return out
@@ -113,12 +112,13 @@ def build(args: argparse.Namespace) -> ModelCard:
     x_train = load_pixels(train_set, size, "decode train")
     x_val = load_pixels(val_set, size, "decode val")
 
-    logits = perturbed_logits(ensemble, x_val, args.seed)
+    clean_logits, val_features = predict_logits(ensemble, x_val, features=True)
+    val_member_logits = member_logits(ensemble, val_features)
+    logits = perturbed_logits(ensemble, x_val, clean_logits, args.seed)
     temperature = fit_temperature(np.concatenate(list(logits.values())), np.tile(y_val, len(logits)))
     clean_p = sigmoid(logits["clean"] / temperature)
-    spread = sigmoid(member_logits(ensemble, x_val) / temperature).std(axis=1)
+    spread = sigmoid(val_member_logits / temperature).std(axis=1)
     _, train_features = predict_logits(ensemble, x_train, features=True)
-    _, val_features = predict_logits(ensemble, x_val, features=True)
     feature_mean, feature_precision = fit_feature_stats(train_features)
     val_distance = mahalanobis(val_features, feature_mean, feature_precision)
 
@@ -142,7 +142,7 @@ def build(args: argparse.Namespace) -> ModelCard:
             "brier_before": brier(sigmoid(logits["clean"]), y_val),
             "brier_after": brier(clean_p, y_val),
             "perturbed": calibration_report(logits, y_val, temperature),
-            "members_auroc": [float(roc_auc_score(y_val, sigmoid(z))) for z in member_logits(ensemble, x_val).T],
+            "members_auroc": [float(roc_auc_score(y_val, sigmoid(z))) for z in val_member_logits.T],
         },
         training={
             "command": " ".join(["python -m xray_xai.training.ensemble"] + sys.argv[1:]),
