@@ -202,10 +202,19 @@ def _assert_disclaimer_always_in_view(page) -> None:
         assert DISCLAIMER in page.locator("#disclaimer").inner_text()
 
 
-def _last_toast(page) -> str:
-    toast = page.locator("[data-testid='toast-text']").last
-    toast.wait_for(timeout=60_000)
-    return toast.inner_text()
+def _toast_after(page, action) -> str:
+    """The text of the one toast that ``action`` raises; the toast is closed and gone afterwards,
+    so a toast still fading out can never be read as the next action's."""
+    from playwright.sync_api import expect
+
+    toasts = page.locator("[data-testid='toast-text']")
+    expect(toasts).to_have_count(0, timeout=30_000)
+    action()
+    expect(toasts).to_have_count(1, timeout=60_000)
+    text = toasts.inner_text()
+    page.locator("[data-testid='toast-close']").click()
+    expect(toasts).to_have_count(0, timeout=30_000)
+    return text
 
 
 def test_browser_analyses_uploads_and_examples(app_url, browser):
@@ -252,12 +261,8 @@ def test_browser_unreadable_upload_shows_the_loaders_message(app_url, browser, t
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(app_url, wait_until="networkidle")
     for path in _unreadable_files(tmp_path):
-        _upload(page, path)
-        assert _last_toast(page) == _loader_message(path)  # from the preview
-        page.locator("[data-testid='toast-close']").last.click()
-        page.locator("#analyse").click()
-        assert _last_toast(page) == _loader_message(path)  # from the analysis
-        page.locator("[data-testid='toast-close']").last.click()
+        assert _toast_after(page, lambda: _upload(page, path)) == _loader_message(path)  # from the preview
+        assert _toast_after(page, page.locator("#analyse").click) == _loader_message(path)  # from the analysis
     page.close()
 
 
