@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_dataset, smooth_image_like
 from xray_xai.cam import compute_cam
 from xray_xai.classifier import Classifier, lower_band, uncertainty
 from xray_xai.ensemble import Ensemble, members
-from xray_xai.model import ModelCard, create_model, load_checkpoint, save_checkpoint
+from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.occlusion import occlusion_map, occlusion_map_naive
+from xray_xai.pipeline import Options, Pipeline
 from xray_xai.training.classifier import main as train_main
+from xray_xai.training.ensemble import closest_member, explainer_section
 from xray_xai.training.ensemble import main as ensemble_main
 
 SIZE = 32
@@ -160,3 +164,44 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
     other.write_text(json.dumps({"patients": ["IM-1000"]}))
     with pytest.raises(SystemExit, match="different patients"):
         ensemble_main(["--data", str(tmp_path / "data"), "--members", *cards, "--out", str(tmp_path / "bad")])
+
+
+def test_closest_member_is_the_one_nearest_the_ensembles_probabilities():
+    logits = np.array([[2.0, 1.0, -3.0], [0.5, 0.2, -1.0], [-1.0, -0.5, 2.0]])  # member 1 sits at the mean
+    assert closest_member(logits, temperature=1.0) == 1
+    assert closest_member(logits[:, [0, 2]], temperature=1.0) in (0, 1)
+    section = explainer_section("closest", logits, 1.0)
+    assert section["members"] == [1] and 0 <= section["members_gap"]["mean"] <= section["members_gap"]["p95"]
+    assert explainer_section("all", logits, 1.0) == {}
+
+
+def test_maps_come_from_the_members_the_card_names(tmp_path):
+    model = tiny_ensemble()
+    card = ensemble_card()
+    card.explanations = {"members": [1], "shortcut_threshold": {"gradcam": 0.5}}
+    classifier = Classifier(model, card)
+    assert classifier.explainer is model.members[1]
+    assert "network 2 of the ensemble's 2" in classifier.maps_source and "whole ensemble's" in classifier.maps_source
+    everything = Classifier(model, ensemble_card())
+    assert everything.explainer is model and everything.maps_source == "averaged over the ensemble's 2 networks"
+    assert Classifier(model.members[0], ensemble_card()).maps_source == ""
+    card.explanations = {"members": [2]}
+    with pytest.raises(CheckpointError, match="members 0 to 1"):
+        Classifier(model, card).explainer
+
+    # The pipeline draws both maps from that member alone, and the report says so.
+    card.explanations, card.input_size = {"members": [1]}, 64  # room for the fast preset's 48-px window
+    path = tmp_path / "classifier.json"
+    save_checkpoint(model, card, path, dtype=torch.float32)
+    pipeline = Pipeline(Classifier.load(path))
+    image = (smooth_image_like(64) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    result = pipeline.analyze(buffer.getvalue(), Options(occlusion="fast", lung_focus=False))
+    member = pipeline.classifier.explainer
+    x, target = result.model_input, result.analysis.prediction.label == "PNEUMONIA"
+    np.testing.assert_allclose(result.maps["gradcam"], compute_cam(member, x, "gradcam", target_class=int(target)), atol=1e-6)
+    own = occlusion_map(member, x, window=48, stride=24, target_class=int(target), temperature=card.temperature).map
+    assert not np.allclose(own, occlusion_map(pipeline.classifier.model, x, window=48, stride=24, target_class=int(target), temperature=card.temperature).map)
+    np.testing.assert_allclose(result.maps["occlusion"], np.clip(own, 0, None) / max(own.max(), 1e-12), atol=1e-6)
+    assert "- Heatmaps: from network 2 of the ensemble's 2" in result.analysis.report

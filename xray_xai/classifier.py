@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from .ensemble import Ensemble
 from .imaging import InputError
-from .model import DEFAULT_CHECKPOINT, ModelCard, load_checkpoint
+from .model import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, load_checkpoint
 from .ood import mahalanobis, penultimate_features
 from .preprocess import preprocess
 from .report import percent
@@ -69,6 +70,35 @@ class Classifier:
             card,
             None if mean is None else mean.numpy(),
             None if precision is None else precision.numpy(),
+        )
+
+    @cached_property
+    def explainer(self) -> torch.nn.Module:
+        """The network whose Grad-CAM and occlusion maps the app shows: the whole model, or, for an
+        ensemble whose card names ``explanations["members"]``, only those members (one member makes
+        each map cost one network, not M). Their maps are checked against the whole ensemble's
+        probability by the faithfulness evaluation."""
+        chosen = self.card.explanations.get("members")
+        if chosen is None or not isinstance(self.model, Ensemble):
+            return self.model
+        if not chosen or any(not 0 <= int(i) < len(self.model.members) for i in chosen):
+            raise CheckpointError(f"explanations.members {chosen} must name members 0 to {len(self.model.members) - 1}.")
+        picked = [self.model.members[int(i)] for i in chosen]
+        return picked[0] if len(picked) == 1 else Ensemble(picked)
+
+    @property
+    def maps_source(self) -> str:
+        """Which network the maps come from, in words for the report ("" for a single network)."""
+        if not isinstance(self.model, Ensemble):
+            return ""
+        total = len(self.model.members)
+        chosen = self.card.explanations.get("members")
+        if chosen is None or len(chosen) == total:
+            return f"averaged over the ensemble's {total} networks"
+        names = ", ".join(str(int(i) + 1) for i in chosen)
+        return (
+            f"from network {names} of the ensemble's {total}, the one whose answers are closest to the ensemble's "
+            "on validation (one network keeps the maps fast); the probability and band are the whole ensemble's"
         )
 
     @property

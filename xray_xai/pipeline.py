@@ -134,13 +134,14 @@ class Pipeline:
         options.validate()
         image, prediction, analysis, x = self.predict(source, options.operating_point)
         target = self._target_class(prediction, options)
-        cam = compute_cam(self.classifier.model, x, method=options.cam_method, target_class=target)
+        cam = compute_cam(self.classifier.explainer, x, method=options.cam_method, target_class=target)
         lung = self.segmenter.segment(image.pixels) if self.segmenter is not None else None
         maps = {"gradcam": cam}
         analysis = replace(
             analysis,
             cam_method=options.cam_method,
             explained_class=self.classifier.card.classes[target],
+            maps_source=self.classifier.maps_source,
             anatomy=analyze_anatomy(maps, lung, self.shortcut_threshold),
             boxes=evidence_boxes(cam, "gradcam", image.pixels.shape, zone_regions(lung, cam.shape)),
         )
@@ -157,7 +158,7 @@ class Pipeline:
         if options.lung_focus and result.lung is not None and result.lung.ok:
             region = lung_box(result.lung.mask, LUNG_BOX_MARGIN)
         occ = occlusion_map(
-            self.classifier.model,
+            self.classifier.explainer,
             result.model_input,
             **OCCLUSION_PRESETS[options.occlusion],
             target_class=target,

@@ -290,6 +290,8 @@ def _similar_line(analysis: Analysis) -> str | None:
 
 def format_reliability(analysis: Analysis) -> list[str]:
     lines = [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
+    if analysis.maps_source:
+        lines.insert(0, f"- Heatmaps: {analysis.maps_source}.")
     similar = _similar_line(analysis)
     if similar is not None:
         lines.append(similar)

@@ -131,6 +131,7 @@ class Analysis:
     input_warnings: tuple[str, ...] = ()
     cam_method: str = "gradcam"
     explained_class: str = "PNEUMONIA"  # the class whose evidence the maps show
+    maps_source: str = ""  # which network of an ensemble the maps come from, in words ("" for one network)
     anatomy: Anatomy | None = None
     agreement: Agreement | None = None  # None until occlusion has run
     similar: tuple[SimilarCase, ...] = ()  # nearest training films, most similar first; () without an index

@@ -141,7 +141,7 @@ def class_score_fn(classifier: Classifier, target_class: int) -> ScoreFn:
 def explanation_maps(classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...]) -> dict[str, np.ndarray]:
     size = classifier.input_size
     occlusion = occlusion_map(
-        classifier.model,
+        classifier.explainer,
         x,
         window=args.window,
         stride=args.stride,
@@ -151,7 +151,7 @@ def explanation_maps(classifier: Classifier, x: torch.Tensor, target_class: int,
         temperature=classifier.card.temperature,
     )
     return {
-        "gradcam": compute_cam(classifier.model, x, method="gradcam", target_class=target_class),
+        "gradcam": compute_cam(classifier.explainer, x, method="gradcam", target_class=target_class),
         "occlusion": occlusion.map,
         "random": np.random.default_rng(seed).random((size, size), dtype=np.float32),
     }
