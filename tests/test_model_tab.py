@@ -28,6 +28,7 @@ from xray_xai.model_tab import (
     reliability_figure,
     roc_figure,
 )
+from xray_xai.report import percent
 from xray_xai.results import confidence_band
 
 SHA = "ab" * 32
@@ -107,7 +108,7 @@ def test_explorer_recomputes_ppv_and_npv_for_the_prevalence(report_path):
     val = report.splits["validation"]
     called = val.probs >= 0.5
     observed_ppv = (val.labels[called] == 1).mean()
-    assert table.loc[0, f"PPV at {own:g}%"] == f"{100 * observed_ppv:.1f}%"  # Bayes at the split's own prevalence = observed
+    assert table.loc[0, f"PPV at {own:g}%"] == percent(observed_ppv)  # Bayes at the split's own prevalence = observed; one format
     rare, _ = explore(report, 0.5, 1.0)
     common, _ = explore(report, 0.5, 90.0)
     assert float(rare.loc[0, "PPV at 1%"].rstrip("%")) < float(common.loc[0, "PPV at 90%"].rstrip("%"))

@@ -107,6 +107,21 @@ def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
+def verified_file(card_path: Path, name: str, sha256: str, error: type[Exception] = CheckpointError) -> Path:
+    """The tensor file ``name`` next to the card at ``card_path``, after checking that it exists and
+    matches the card's sha256 (raises ``error`` otherwise): nothing unverified is ever loaded."""
+    path = card_path.parent / name
+    if not name or not path.is_file():
+        raise error(f"Tensor file {path} named by {card_path.name} is missing.")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise error(
+            f"Tensor file {path.name} fails its integrity check (sha256 {actual[:12]}..., "
+            f"{card_path.name} expects {sha256[:12]}...). Refusing to load it."
+        )
+    return path
+
+
 def load_checkpoint(
     card_path: str | Path, model_factory=create_model
 ) -> tuple[torch.nn.Module, ModelCard, dict[str, torch.Tensor]]:
@@ -119,16 +134,7 @@ def load_checkpoint(
     if not card_path.is_file():
         raise CheckpointError(f"Model card not found: {card_path}. Train a model or pass --checkpoint.")
     card = ModelCard.from_json(card_path)
-    weights_path = card_path.parent / card.weights
-    if not card.weights or not weights_path.is_file():
-        raise CheckpointError(f"Weight file {weights_path} named by {card_path.name} is missing.")
-    actual = sha256_file(weights_path)
-    if actual != card.sha256:
-        raise CheckpointError(
-            f"Weight file {weights_path.name} fails its integrity check (sha256 {actual[:12]}..., "
-            f"model card expects {card.sha256[:12]}...). Refusing to load it."
-        )
-    tensors = load_file(str(weights_path))
+    tensors = load_file(str(verified_file(card_path, card.weights, card.sha256)))
     state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     model = model_factory(card.arch) if card.members == 1 else Ensemble([model_factory(card.arch) for _ in range(card.members)])

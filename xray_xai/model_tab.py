@@ -23,6 +23,7 @@ from . import CLASSES
 from .behaviour import band_rows, curves, predictive_values, rates_at
 from .calibration import OPERATING_POINTS, ece, reliability_bins
 from .model import PROJECT_ROOT
+from .report import percent
 
 DEFAULT_REPORT = PROJECT_ROOT / "checkpoints" / "model_report.json"
 REBUILD_COMMAND = (
@@ -105,7 +106,8 @@ def report_problem(path: str | Path, classifier_sha256: str) -> str | None:
 
 
 def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+    """The app's one percentage format (:func:`xray_xai.report.percent`); "n/a" when undefined."""
+    return "n/a" if value is None else percent(value)
 
 
 def roc_figure(report: ModelReport) -> Figure:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from .model import PROJECT_ROOT, sha256_file
+from .model import PROJECT_ROOT, sha256_file, verified_file
 from .results import SimilarCase
 
 DEFAULT_INDEX = PROJECT_ROOT / "checkpoints" / "similar.json"
@@ -181,12 +181,7 @@ class SimilarIndex:
         if not card_path.is_file():
             raise SimilarIndexError(f"Similar-case index not found: {card_path}. Build it with python -m xray_xai.training.build_index.")
         card = IndexCard.from_json(card_path)
-        weights = card_path.parent / card.weights
-        if not card.weights or not weights.is_file():
-            raise SimilarIndexError(f"Tensor file {weights} named by {card_path.name} is missing.")
-        if sha256_file(weights) != card.sha256:
-            raise SimilarIndexError(f"Tensor file {weights.name} fails its integrity check; refusing to load it.")
-        t = load_file(str(weights))
+        t = load_file(str(verified_file(card_path, card.weights, card.sha256, SimilarIndexError)))
         space = FeatureSpace(t["mean"], t["scale"], t["projection"], card.explained_variance)
         return cls(card, space, t["embeddings"].astype(np.float32), t["labels"].astype(np.int64), t["thumbnails"], t["offsets"])
 
