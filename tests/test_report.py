@@ -201,7 +201,7 @@ def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None
     findings, summary = section(report, "FINDINGS"), section(report, "QUICK SUMMARY")
     assert "(confidence band: Moderate)" in findings and "Moderate confidence)" in summary and "High" not in summary
     assert "band was lowered" in summary
-    assert "- Uncertainty: the 2 independently trained networks of the ensemble give P(pneumonia) from 1.0% to 17.0%" in findings
+    assert "- Uncertainty: the 2 networks of the ensemble give P(pneumonia) from 1.0% to 17.0%" in findings
     assert "one standard deviation: 8.0%" in findings
     assert "- The 2 networks of the ensemble disagree on this film." in findings
     plain = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "High", BALANCED)))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,33 @@ def lower_band(band: str) -> str:
     return names[min(names.index(band) + 1, len(names) - 1)]
 
 
+def explaining_model(model: torch.nn.Module, chosen: Sequence[int] | None) -> torch.nn.Module:
+    """The network whose maps the app shows: the whole model, or, for an ensemble whose card names
+    ``explanations["members"]``, only those members (one member makes each map cost one network,
+    not M). Their maps are checked against the whole ensemble's probability by the faithfulness
+    evaluation. A card naming members the model lacks fails when the classifier is built."""
+    if chosen is None or not isinstance(model, Ensemble):
+        return model
+    if not chosen or any(not 0 <= int(i) < len(model.members) for i in chosen):
+        raise CheckpointError(f"explanations.members {list(chosen)} must name members 0 to {len(model.members) - 1}.")
+    picked = [model.members[int(i)] for i in chosen]
+    return picked[0] if len(picked) == 1 else Ensemble(picked)
+
+
+def maps_source(model: torch.nn.Module, chosen: Sequence[int] | None) -> str:
+    """Which network the maps come from, in words for the report ("" for a single network)."""
+    if not isinstance(model, Ensemble):
+        return ""
+    total = len(model.members)
+    if chosen is None or len(chosen) == total:
+        return f"averaged over the ensemble's {total} networks"
+    names = ", ".join(str(int(i) + 1) for i in chosen)
+    return (
+        f"from network {names} of the ensemble's {total}, the one whose answers are closest to the ensemble's "
+        "on validation (one network keeps the maps fast); the probability and band are the whole ensemble's"
+    )
+
+
 @dataclass
 class Classifier:
     """A single-logit pneumonia classifier with its model card.
@@ -60,6 +86,13 @@ class Classifier:
     card: ModelCard
     ood_mean: np.ndarray | None = None
     ood_precision: np.ndarray | None = None
+    # The network whose Grad-CAM and occlusion maps the app shows, and that choice in words.
+    explainer: torch.nn.Module = field(init=False, repr=False)
+    maps_source: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.explainer = explaining_model(self.model, self.card.explanations.get("members"))
+        self.maps_source = maps_source(self.model, self.card.explanations.get("members"))
 
     @classmethod
     def load(cls, card_path: str | Path = DEFAULT_CHECKPOINT) -> "Classifier":
@@ -70,35 +103,6 @@ class Classifier:
             card,
             None if mean is None else mean.numpy(),
             None if precision is None else precision.numpy(),
-        )
-
-    @cached_property
-    def explainer(self) -> torch.nn.Module:
-        """The network whose Grad-CAM and occlusion maps the app shows: the whole model, or, for an
-        ensemble whose card names ``explanations["members"]``, only those members (one member makes
-        each map cost one network, not M). Their maps are checked against the whole ensemble's
-        probability by the faithfulness evaluation."""
-        chosen = self.card.explanations.get("members")
-        if chosen is None or not isinstance(self.model, Ensemble):
-            return self.model
-        if not chosen or any(not 0 <= int(i) < len(self.model.members) for i in chosen):
-            raise CheckpointError(f"explanations.members {chosen} must name members 0 to {len(self.model.members) - 1}.")
-        picked = [self.model.members[int(i)] for i in chosen]
-        return picked[0] if len(picked) == 1 else Ensemble(picked)
-
-    @property
-    def maps_source(self) -> str:
-        """Which network the maps come from, in words for the report ("" for a single network)."""
-        if not isinstance(self.model, Ensemble):
-            return ""
-        total = len(self.model.members)
-        chosen = self.card.explanations.get("members")
-        if chosen is None or len(chosen) == total:
-            return f"averaged over the ensemble's {total} networks"
-        names = ", ".join(str(int(i) + 1) for i in chosen)
-        return (
-            f"from network {names} of the ensemble's {total}, the one whose answers are closest to the ensemble's "
-            "on validation (one network keeps the maps fast); the probability and band are the whole ensemble's"
         )
 
     @property

@@ -179,7 +179,7 @@ def _uncertainty_lines(prediction: Prediction) -> list[str]:
     if prediction.uncertainty is not None:
         members = prediction.member_probabilities
         lines.append(
-            f"- Uncertainty: the {len(members)} independently trained networks of the ensemble give P(pneumonia) "
+            f"- Uncertainty: the {len(members)} networks of the ensemble give P(pneumonia) "
             f"from {percent(min(members))} to {percent(max(members))} (spread, one standard deviation: "
             f"{percent(prediction.uncertainty)}); the larger the spread, the less the answer can be trusted."
         )
@@ -289,9 +289,8 @@ def _similar_line(analysis: Analysis) -> str | None:
 
 
 def format_reliability(analysis: Analysis) -> list[str]:
-    lines = [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
-    if analysis.maps_source:
-        lines.insert(0, f"- Heatmaps: {analysis.maps_source}.")
+    lines = [f"- Heatmaps: {analysis.maps_source}."] if analysis.maps_source else []
+    lines += [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
     similar = _similar_line(analysis)
     if similar is not None:
         lines.append(similar)

@@ -60,11 +60,16 @@ def member_logits(model: Ensemble, features: np.ndarray) -> np.ndarray:
         return model.member_logits_from_features(torch.from_numpy(features).float()).double().numpy()
 
 
-def closest_member(member_logits: np.ndarray, temperature: float) -> int:
-    """The member whose calibrated probabilities are closest (mean absolute difference) to the
-    ensemble's, which calibrates the mean of the members' logits."""
+def member_gaps(member_logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``(N, M)`` absolute differences between each member's calibrated probability and the
+    ensemble's (which calibrates the mean of the members' logits)."""
     ensemble = sigmoid(member_logits.mean(axis=1) / temperature)
-    return int(np.argmin(np.abs(sigmoid(member_logits / temperature) - ensemble[:, None]).mean(axis=0)))
+    return np.abs(sigmoid(member_logits / temperature) - ensemble[:, None])
+
+
+def closest_member(member_logits: np.ndarray, temperature: float) -> int:
+    """The member whose calibrated probabilities are closest (mean absolute difference) to the ensemble's."""
+    return int(np.argmin(member_gaps(member_logits, temperature).mean(axis=0)))
 
 
 def shared_validation_patients(cards: list[Path]) -> set[str]:
@@ -116,7 +121,7 @@ def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature
     if explainer == "all":
         return {}
     k = closest_member(val_member_logits, temperature)
-    gap = np.abs(sigmoid(val_member_logits[:, k] / temperature) - sigmoid(val_member_logits.mean(axis=1) / temperature))
+    gap = member_gaps(val_member_logits, temperature)[:, k]
     return {
         "members": [k],
         "members_rule": "the member whose calibrated P(pneumonia) on validation is closest to the ensemble's (mean absolute difference)",
