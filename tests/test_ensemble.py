@@ -153,6 +153,9 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
     assert len(card["training"]["members"]) == 2 and card["ood"]["threshold"] > 0
     split = json.loads((tmp_path / "ensemble" / "classifier_val_patients.json").read_text())
     assert split == json.loads((tmp_path / "member1" / "classifier_val_patients.json").read_text()) and split["seed"] == 0
+    member = json.loads((tmp_path / "member2" / "classifier.json").read_text())
+    assert member["data"]["split"].endswith("seed=0")  # the split's seed, not the member's training seed 2
+    assert card["data"]["split"] == "patient-level, class-stratified, val_fraction=0.15, seed=0"
     classifier = Classifier.load(tmp_path / "ensemble" / "classifier.json")
     assert isinstance(classifier.model, Ensemble)
     prediction = classifier.predict(smooth_image_like(50))

@@ -84,6 +84,11 @@ def split_by_patient(samples: list[Sample], val_fraction: float = 0.15, seed: in
     return train, val
 
 
+def describe_split(val_fraction: float, seed: int | None) -> str:
+    """The model card's one-line description of a :func:`split_by_patient` split."""
+    return f"patient-level, class-stratified, val_fraction={val_fraction}, seed={seed}"
+
+
 def split_with_patients(samples: list[Sample], val_patients: set[str]) -> tuple[list[Sample], list[Sample]]:
     """Reproduce a saved split from its validation patient ids."""
     train = [s for s in samples if s.patient not in val_patients]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .. import CLASSES
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import Sample, list_samples, seeded_subset, split_by_patient, validation_samples
+from ..data import Sample, describe_split, list_samples, seeded_subset, split_by_patient, validation_samples
 from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
 from ..ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
@@ -316,7 +316,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
             "val_images": int(len(y_val)),
             "val_pneumonia": int(y_val.sum()),
             "val_patients": int(len({s.patient for s in val_set})),
-            "split": f"patient-level, class-stratified, val_fraction={cfg.val_fraction}, seed={cfg.seed}",
+            "split": describe_split(cfg.val_fraction, cfg.split_seed),
         },
         ood={
             "feature": "penultimate layer (global average pool)",

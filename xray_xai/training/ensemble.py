@@ -35,7 +35,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import list_samples, split_with_patients
+from ..data import describe_split, list_samples, split_with_patients
 from ..ensemble import Ensemble
 from ..model import ModelCard, load_checkpoint
 from ..ood import fit_feature_stats, mahalanobis
@@ -116,6 +116,11 @@ def calibration_report(logits: dict[str, np.ndarray], labels: np.ndarray, temper
     return report
 
 
+def split_seed(card: ModelCard, default: int | None = None) -> int | None:
+    """The seed that chose the validation patients (a member's own ``seed`` only orders its training)."""
+    return card.training.get("config", {}).get("split_seed", default)
+
+
 def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature: float) -> dict:
     """The card's ``explanations`` entry naming the members whose maps the app shows."""
     if explainer == "all":
@@ -183,7 +188,7 @@ def build(args: argparse.Namespace) -> ModelCard:
                 for path, card in zip(cards, member_cards)
             ],
         },
-        data={**first.data, "members_share_validation_patients": True},
+        data={**first.data, "split": describe_split(first.training.get("config", {}).get("val_fraction"), split_seed(first)), "members_share_validation_patients": True},
         ood={
             "feature": "penultimate layer (global average pool) of every member, side by side",
             "distance": "Mahalanobis, Ledoit-Wolf shrinkage, fitted on training features",
@@ -204,7 +209,7 @@ def build(args: argparse.Namespace) -> ModelCard:
     extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
     card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
     split = json.loads((cards[0].parent / "classifier_val_patients.json").read_text())
-    split["seed"] = first.training.get("config", {}).get("split_seed", split.get("seed"))  # the split's seed, not a member's
+    split["seed"] = split_seed(first, split.get("seed"))
     (out / "classifier_val_patients.json").write_text(json.dumps(split, indent=1) + "\n")
     return card
 
