@@ -1,15 +1,14 @@
 """The Space's "Model" tab: how the classifier behaves on validation and shift_dev.
 
 Everything shown comes from ``checkpoints/model_report.json`` (built by
-``python -m xray_xai.evaluation.model_report``) and its error sprite; nothing is scored at run
-time. A report built for other weights than the running classifier's is refused, not shown.
+``python -m xray_xai.evaluation.model_report``, read by :mod:`xray_xai.model_report`) and its
+error sprite; nothing is scored at run time. A report built for other weights than the running
+classifier's is refused, not shown.
 Call :func:`build_model_tab` inside ``with gr.Tab("Model"):``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -22,15 +21,9 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from . import CLASSES
 from .behaviour import band_rows, curves, predictive_values, rates_at
 from .calibration import OPERATING_POINTS, ece, reliability_bins
-from .model import PROJECT_ROOT
+from .model_report import DEFAULT_REPORT, ModelReport, report_problem
 from .report import percent
 
-DEFAULT_REPORT = PROJECT_ROOT / "checkpoints" / "model_report.json"
-REBUILD_COMMAND = (
-    "python -m xray_xai.evaluation.model_report --train ../shared/data/chest_xray/train "
-    "--shift ../shared/data/chest_xray/shift_dev --checkpoint checkpoints/classifier.json --out checkpoints/"
-)
-SPLITS = ("validation", "shift_dev")
 SPLIT_HELP = (
     "**validation**: the patient-level split of train/ that the temperature and thresholds were fitted on. "
     "**shift_dev**: half of the official test split, whose films look different (a window onto distribution "
@@ -45,64 +38,6 @@ PREVALENCE_HELP = (
     "more of the negative calls are right (NPV rises). They are recomputed here with Bayes' rule for "
     "the prevalence you enter, from each split's sensitivity and specificity."
 )
-
-
-@dataclass(frozen=True)
-class Split:
-    """The stored films of one split: true labels (1 = PNEUMONIA), calibrated P(pneumonia), band."""
-
-    files: tuple[str, ...]
-    labels: np.ndarray
-    probs: np.ndarray
-    bands: np.ndarray
-
-    @classmethod
-    def from_json(cls, raw: dict) -> "Split":
-        return cls(tuple(raw["file"]), np.asarray(raw["label"], dtype=int), np.asarray(raw["probability"], dtype=np.float64), np.asarray(raw["band"]))
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    """A loaded ``model_report.json`` and the folder its error sprite lives in."""
-
-    classifier_sha256: str
-    operating_points: dict[str, dict[str, float]]
-    splits: dict[str, Split]
-    errors: tuple[dict, ...]
-    sprite: Path
-    tile: int
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelReport":
-        path = Path(path)
-        raw = json.loads(path.read_text())
-        return cls(
-            raw["classifier_sha256"],
-            raw["operating_points"],
-            {name: Split.from_json(raw["splits"][name]) for name in SPLITS},
-            tuple(raw["errors"]["films"]),
-            path.parent / raw["errors"]["sprite"],
-            int(raw["errors"]["tile"]),
-        )
-
-    def threshold(self, point: str) -> float:
-        return float(self.operating_points[point]["threshold"])
-
-
-def report_problem(path: str | Path, classifier_sha256: str) -> str | None:
-    """Why the report at ``path`` must not be shown for the running classifier, or ``None``."""
-    path = Path(path)
-    rebuild = f"Rebuild it with:\n\n```\n{REBUILD_COMMAND}\n```"
-    if not path.is_file():
-        return f"**No model report found** ({path.name}). {rebuild}"
-    built_for = json.loads(path.read_text()).get("classifier_sha256", "")
-    if built_for != classifier_sha256:
-        return (
-            f"**The model report is stale:** it was built for classifier weights sha256 `{built_for[:12]}…`, "
-            f"but the app runs weights `{classifier_sha256[:12]}…`. Its numbers would describe another model, "
-            f"so they are not shown. {rebuild}"
-        )
-    return None
 
 
 def _percent(value: float | None) -> str:

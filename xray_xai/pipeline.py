@@ -25,6 +25,8 @@ from .evidence import draw_boxes, evidence_boxes, zone_regions
 from .imaging import InputError, LoadedImage, load_image
 from .lungs import LungMask, LungSegmenter
 from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .model_report import DEFAULT_REPORT, ModelReport, track_record
+from .model_report import load_matching as load_report
 from .occlusion import occlusion_map
 from .ood import assess_ood
 from .overlay import overlay
@@ -91,10 +93,17 @@ class Result:
 class Pipeline:
     """The loaded models and the steps of one analysis."""
 
-    def __init__(self, classifier: Classifier, segmenter: LungSegmenter | None = None, similar: SimilarIndex | None = None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        segmenter: LungSegmenter | None = None,
+        similar: SimilarIndex | None = None,
+        model_report: ModelReport | None = None,
+    ) -> None:
         self.classifier = classifier
         self.segmenter = segmenter
         self.similar = similar  # similar training films; None without an index matching the classifier
+        self.model_report = model_report  # stored validation/shift_dev answers; None without a matching report
         # Per-method thresholds are fitted on validation for this classifier's maps (its model
         # card); without them anatomy uses its default.
         self.shortcut_threshold = dict(classifier.card.explanations.get("shortcut_threshold", {}))
@@ -105,15 +114,18 @@ class Pipeline:
         checkpoint: str | Path = DEFAULT_CHECKPOINT,
         lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT,
         similar_index: str | Path | None = DEFAULT_INDEX,
+        model_report: str | Path | None = DEFAULT_REPORT,
     ) -> "Pipeline":
-        """Load the classifier and, when their files exist, the lung segmenter and the similar-case
-        index (ignored, with a logged warning, when it was built with other classifier weights)."""
+        """Load the classifier and, when their files exist, the lung segmenter, the similar-case
+        index and the model report (each of the last two ignored, with a logged warning, when it
+        was built with other classifier weights)."""
         segmenter = None
         if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
             segmenter = LungSegmenter.load(lung_checkpoint)
         classifier = Classifier.load(checkpoint)
         similar = load_matching(similar_index, classifier.card.sha256) if similar_index is not None else None
-        return cls(classifier, segmenter, similar)
+        report = load_report(model_report, classifier.card.sha256) if model_report is not None else None
+        return cls(classifier, segmenter, similar, report)
 
     def predict(self, source: str | os.PathLike | bytes, operating_point: str = "balanced") -> tuple[LoadedImage, Prediction, Analysis, torch.Tensor]:
         """Decode, classify and check for out-of-distribution input (no explanations)."""
@@ -126,7 +138,8 @@ class Pipeline:
             float(scores.probabilities[0]), operating_point, scores.member_probabilities[0], unusual=ood.flagged
         )
         similar = self.similar.search(scores.features[0]) if self.similar is not None else ()
-        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar)
+        record = track_record(self.model_report, prediction) if self.model_report is not None else ()
+        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar, track_record=record)
         return image, prediction, analysis, x
 
     def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:

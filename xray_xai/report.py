@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import DISCLAIMER
-from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction, SimilarCase
+from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction, SimilarCase, TrackRecord
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 
@@ -170,7 +170,30 @@ def format_findings(analysis: Analysis) -> list[str]:
         f"On validation images it had sensitivity {percent(point.sensitivity)} "
         f"and specificity {percent(point.specificity)}.",
         f"- {BAND_EXPLANATION}",
+        *_track_record_lines(analysis.track_record),
     ]
+
+
+# How each split of the stored model report is named in the track-record line.
+TRACK_RECORD_SPLITS = {
+    "validation": "validation films from the training batch",
+    "shift_dev": "shift_dev films from another acquisition batch (never used for fitting)",
+}
+
+
+def _track_record_lines(records: tuple[TrackRecord, ...]) -> list[str]:
+    """How often answers like this one were right on the stored labelled films, split by split."""
+    if not records:
+        return []
+    parts = []
+    for record in records:
+        where = TRACK_RECORD_SPLITS.get(record.split, f"{record.split} films")
+        if record.n:
+            parts.append(f"right for {record.correct} of {record.n} ({percent(record.correct / record.n)}) {where}")
+        else:
+            parts.append(f"never given to {where}")
+    first = records[0]
+    return [f"- Track record of this kind of answer ({first.label}, {first.band} band): " + "; ".join(parts) + "."]
 
 
 def _uncertainty_lines(prediction: Prediction) -> list[str]:

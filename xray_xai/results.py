@@ -60,6 +60,18 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class TrackRecord:
+    """How often stored answers like the current one (same label, same band, at the operating
+    point the stored bands were given at) were right on one labelled split."""
+
+    split: str  # "validation" or "shift_dev"
+    label: str
+    band: str
+    n: int
+    correct: int
+
+
+@dataclass(frozen=True)
 class OODResult:
     """Whether the input looks unlike the training data (pediatric frontal chest radiographs)."""
 
@@ -135,6 +147,7 @@ class Analysis:
     anatomy: Anatomy | None = None
     agreement: Agreement | None = None  # None until occlusion has run
     similar: tuple[SimilarCase, ...] = ()  # nearest training films, most similar first; () without an index
+    track_record: tuple[TrackRecord, ...] = ()  # how answers like this one fared per split; () without a model report
     boxes: tuple[EvidenceBox, ...] = ()  # strongest regions of each map, strongest first per map
     report: str = ""
 

@@ -321,7 +321,7 @@ class Handlers:
             occlusion_map: Occlusion-sensitivity overlay on the radiograph (PNG).
             agreement: Spearman correlation, top-20% IoU and verdict of the two maps.
             report: Structured plain-language report, ending with the medical disclaimer.
-            analysis: The whole analysis as JSON (prediction with band reasons, OOD check, anatomy, agreement, similar training films, evidence boxes, report, disclaimer).
+            analysis: The whole analysis as JSON (prediction with band reasons, OOD check, anatomy, agreement, similar training films, track record of this kind of answer on validation and shift_dev, evidence boxes, report, disclaimer).
             uncertainty: Standard deviation of the ensemble members' calibrated probabilities (null for a single network).
         """
         options = _options(operating_point, cam_method, occlusion)
