@@ -102,7 +102,7 @@ def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
     assert [r["input"] for r in rows] == [str(radiograph), str(bad)]
     good, broken = rows
     assert good["ok"] and good["error"] is None
-    for key in ("label", "probability", "band", "operating_point", "threshold", "ood", "agreement", "report", "anatomy", "similar", "boxes"):
+    for key in ("label", "probability", "band", "operating_point", "threshold", "ood", "agreement", "report", "anatomy", "similar", "track_record", "boxes"):
         assert key in good
     assert set(good["ood"]) == {"flagged", "reasons"}
     assert all((out / name).is_file() for name in good["overlays"])

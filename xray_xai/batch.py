@@ -152,6 +152,7 @@ def result_record(path: str, result: Result) -> dict:
         "agreement": to_jsonable(analysis.agreement),
         "anatomy": to_jsonable(analysis.anatomy),
         "similar": to_jsonable(analysis.similar),
+        "track_record": to_jsonable(analysis.track_record),
         "boxes": to_jsonable(analysis.boxes),
         "report": analysis.report,
         "disclaimer": DISCLAIMER,
@@ -269,7 +270,7 @@ def order_rows(inputs: Sequence[str], rows: Iterable[dict]) -> list[dict]:
 
 def write_parquet(rows: Sequence[dict], path: Path) -> None:
     """The rows as a Parquet table: one column per key, nested values (lists and objects such as
-    ood, agreement, anatomy, similar, boxes) as JSON text, missing keys (error rows) as null."""
+    ood, agreement, anatomy, similar, track_record, boxes) as JSON text, missing keys (error rows) as null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
