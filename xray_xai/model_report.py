@@ -99,13 +99,14 @@ def load_matching(path: str | Path, classifier_sha256: str) -> ModelReport | Non
     if not path.is_file():
         return None
     try:
-        if report_problem(path, classifier_sha256) is not None:
-            log.warning("Track records disabled: the model report at %s was built for other classifier weights.", path)
-            return None
-        return ModelReport.load(path)
+        report = ModelReport.load(path)
     except (KeyError, TypeError, ValueError) as error:
         log.warning("Track records disabled: the model report at %s cannot be read (%s).", path, error)
         return None
+    if report.classifier_sha256 != classifier_sha256:
+        log.warning("Track records disabled: the model report at %s was built for other classifier weights.", path)
+        return None
+    return report
 
 
 def track_record(report: ModelReport, prediction: Prediction) -> tuple[TrackRecord, ...]:
