@@ -17,7 +17,7 @@ from xray_xai.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment
+from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, mix
 from xray_xai.training.classifier import main as train_main
 from xray_xai.training.loop import lr_at
 
@@ -229,6 +229,18 @@ def test_sharpness_augmentation_blurs_or_sharpens_each_image_and_keeps_smooth_im
     assert torch.allclose(out.mean(dim=(1, 2, 3)), detail.mean(dim=(1, 2, 3)), atol=0.02)
 
 
+def test_mixup_blends_each_film_and_its_target_with_the_same_weight():
+    pixels = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(16)])  # film i is all i
+    targets = torch.arange(16).float() / 15  # a target that is its film's value / 15
+    mixed, y = mix(pixels, targets, 0.4, torch.Generator().manual_seed(0))
+    assert mixed.shape == pixels.shape and y.shape == targets.shape
+    assert torch.allclose(mixed, mixed[:, :, :1, :1].expand_as(mixed))  # one blend weight per film
+    assert torch.allclose(y, mixed[:, 0, 0, 0] / 15, atol=1e-5)  # the target blends the same pair, same weight
+    assert (~torch.isclose(mixed[:, 0, 0, 0], torch.arange(16).float(), atol=0.1)).sum() >= 4  # real blends
+    again, y_again = mix(pixels, targets, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(again, mixed) and torch.equal(y_again, y)
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero():
     total, warmup, base = 100, 10, 1e-3
     lrs = np.array([lr_at(step, total, warmup, base) for step in range(total)])
@@ -267,6 +279,8 @@ def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
     assert "resuming after epoch 2" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="another configuration"):
         train_main([*argv, "--lr", "0.1"])
+    with pytest.raises(SystemExit, match="another configuration"):
+        train_main([*argv, "--mixup", "0.2"])
 
 
 def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):

@@ -70,6 +70,7 @@ class TrainConfig:
     blur: float = 0.0  # half of each batch is blurred with a Gaussian of sigma U(0, blur) px at 224, label kept
     noise: float = 0.0  # additive Gaussian noise of std U(0, noise), on half of each batch
     featureless: float = 0.0  # share of each batch blurred flat (sigma U(8, 16) px) with target FEATURELESS_TARGET
+    mixup: float = 0.0  # Beta(mixup, mixup) weights for blending each film and its target with another of the batch (0 = off)
     horizontal_flip: bool = False
     split_seed: int = 0  # the validation patients; members of an ensemble share it and differ in ``seed``
     init: str = ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
@@ -155,6 +156,18 @@ def soft_target(labels: torch.Tensor, featureless: torch.Tensor) -> torch.Tensor
     return torch.where(featureless, torch.full_like(labels, FEATURELESS_TARGET), labels)
 
 
+def mix(pixels: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018): blend each film and its target with a random other film of the
+    batch, weight ``lam ~ Beta(alpha, alpha)`` per film. Trained on blends, a network is less
+    over-confident away from its training films (Thulasidasan et al. 2019)."""
+    n = pixels.shape[0]
+    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n)).float()
+    other = torch.randperm(n, generator=generator)
+    mixed = lam.view(n, 1, 1, 1) * pixels + (1 - lam).view(n, 1, 1, 1) * pixels[other]
+    return mixed, lam * targets + (1 - lam) * targets[other]
+
+
 def initial_weights(card_path: str, arch: str) -> dict[str, torch.Tensor]:
     """Weights of a saved classifier to fine-tune from, with its prior correction taken back out
     of the bias (training runs on the class-balanced loss again)."""
@@ -211,7 +224,7 @@ def train(args: argparse.Namespace) -> ModelCard:
     cfg = TrainConfig(
         arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         brightness=args.brightness, contrast=args.contrast, gamma=args.gamma, sharpness=args.sharpness,
-        blur=args.blur, noise=args.noise, featureless=args.featureless, split_seed=args.split_seed, init=args.init or "",
+        blur=args.blur, noise=args.noise, featureless=args.featureless, mixup=args.mixup, split_seed=args.split_seed, init=args.init or "",
         warmup_epochs=args.warmup_epochs,
         max_rotation_deg=args.rotation, max_translation=args.translation, scale_range=(1 - args.scale, 1 + args.scale),
     )
@@ -245,6 +258,8 @@ def train(args: argparse.Namespace) -> ModelCard:
         if cfg.featureless > 0:
             pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
         y = soft_target(torch.from_numpy(y_train[index.numpy()]).float(), featureless)
+        if cfg.mixup > 0:
+            pixels, y = mix(pixels, y, cfg.mixup, generator)
         return F.binary_cross_entropy_with_logits(model(to_input(pixels)).squeeze(1), y, pos_weight=pos_weight)
 
     def validate(candidates: dict[str, torch.nn.Module]) -> Validation:
@@ -371,6 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blur", type=float, default=defaults.blur, help="augmentation: Gaussian blur of sigma U(0, this) px on half the batch")
     parser.add_argument("--noise", type=float, default=defaults.noise, help="augmentation: Gaussian noise of std U(0, this) on half the batch")
     parser.add_argument("--featureless", type=float, default=defaults.featureless, help="share of films blurred flat with a 50/50 target")
+    parser.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup: Beta(this, this) blend weights (0 = off)")
     parser.add_argument("--rotation", type=float, default=defaults.max_rotation_deg, help="augmentation: rotation in +- this many degrees")
     parser.add_argument("--translation", type=float, default=defaults.max_translation, help="augmentation: shift in +- this fraction of the side")
     parser.add_argument("--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this")
