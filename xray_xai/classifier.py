@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .ensemble import Ensemble
+from .framing import is_framed
 from .imaging import InputError
 from .model import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, load_checkpoint
 from .ood import mahalanobis, penultimate_features
@@ -53,11 +54,15 @@ def explaining_model(model: torch.nn.Module, chosen: Sequence[int] | None) -> to
     not M). Their maps are checked against the whole ensemble's probability by the faithfulness
     evaluation. A card naming members the model lacks fails when the classifier is built."""
     if chosen is None or not isinstance(model, Ensemble):
-        return model
-    if not chosen or any(not 0 <= int(i) < len(model.members) for i in chosen):
-        raise CheckpointError(f"explanations.members {list(chosen)} must name members 0 to {len(model.members) - 1}.")
-    picked = [model.members[int(i)] for i in chosen]
-    return picked[0] if len(picked) == 1 else Ensemble(picked)
+        explainer = model
+    else:
+        if not chosen or any(not 0 <= int(i) < len(model.members) for i in chosen):
+            raise CheckpointError(f"explanations.members {list(chosen)} must name members 0 to {len(model.members) - 1}.")
+        picked = [model.members[int(i)] for i in chosen]
+        explainer = picked[0] if len(picked) == 1 else Ensemble(picked)
+    if is_framed(explainer):
+        raise CheckpointError("The maps must come from whole-film networks: a lung-box member's maps are in its crop's frame, not the film's.")
+    return explainer
 
 
 def maps_source(model: torch.nn.Module, chosen: Sequence[int] | None) -> str:

@@ -52,6 +52,7 @@ class ModelCard:
     sha256: str = ""
     weights_dtype: str = "float16"
     members: int = 1  # > 1: a mean-logit ensemble of that many ``arch`` networks (xray_xai.ensemble)
+    framing: dict[str, Any] = field(default_factory=dict)  # members that see lung-box crops (xray_xai.framing)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelCard":
@@ -86,7 +87,9 @@ def save_checkpoint(
     card_path = Path(card_path)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = card_path.with_suffix(".safetensors")
-    tensors = {f"model.{k}": _stored(v, dtype) for k, v in model.state_dict().items()}
+    from .framing import unframed  # the framing needs the lung segmenter, which needs this module
+
+    tensors = {f"model.{k}": _stored(v, dtype) for k, v in unframed(model).state_dict().items()}
     tensors.update({f"extra.{k}": v.detach().float().contiguous().cpu() for k, v in (extra_tensors or {}).items()})
     tmp = weights_path.with_suffix(".safetensors.tmp")
     save_file(tensors, str(tmp))
@@ -139,5 +142,9 @@ def load_checkpoint(
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     model = model_factory(card.arch) if card.members == 1 else Ensemble([model_factory(card.arch) for _ in range(card.members)])
     model.load_state_dict(state)
+    if card.framing:
+        from .framing import frame_members
+
+        model = frame_members(model, card.framing, card_path.parent, card.mean, card.std)
     model.eval().to(memory_format=torch.channels_last)
     return model, card, extras

@@ -22,6 +22,7 @@ from .anatomy import analyze_anatomy, lung_box
 from .cam import CAM_METHODS, compute_cam
 from .classifier import Classifier
 from .evidence import draw_boxes, evidence_boxes, zone_regions
+from .framing import LUNG_BOX_MARGIN
 from .imaging import InputError, LoadedImage, load_image
 from .lungs import LungMask, LungSegmenter
 from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
@@ -38,7 +39,6 @@ from .similar import DEFAULT_INDEX, SimilarIndex, load_matching
 OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}
 EXPLAIN_TARGETS = ("predicted", "pneumonia")
 DISPLAY_MAX_SIDE = 640  # overlays are drawn on the upload, downscaled to at most this size (PNG encoding dominates latency)
-LUNG_BOX_MARGIN = 16
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,21 @@ that validation split, never from a test film:
   probabilities on validation are closest to the ensemble's; the app draws its Grad-CAM and
   occlusion maps from that member alone, at one network's cost (``--explainer all`` averages
   the maps over every member instead).
+
+Members trained on lung-box crops (:mod:`xray_xai.training.lung_crops`) are named with
+``--lung-box``: the ensemble feeds them the lung box of each film (:mod:`xray_xai.framing`),
+cut with the lung segmenter ``--segmenter``, which is copied next to the ensemble's card.
+Everything above is then fitted on the composite model as the app serves it. Their maps would
+be in the crop's frame, so the explaining network is always a whole-film member.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +44,9 @@ from sklearn.metrics import roc_auc_score
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
 from ..data import describe_split, list_samples, split_with_patients
 from ..ensemble import Ensemble
-from ..model import ModelCard, load_checkpoint
+from ..framing import LUNG_BOX_MARGIN, frame_members
+from ..lungs import LungSegmenter
+from ..model import DEFAULT_LUNG_CHECKPOINT, ModelCard, load_checkpoint
 from ..ood import fit_feature_stats, mahalanobis
 from .classifier import blur_each, load_pixels, measure_latency, predict_logits, save_within_tolerance
 
@@ -67,9 +76,12 @@ def member_gaps(member_logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.abs(sigmoid(member_logits / temperature) - ensemble[:, None])
 
 
-def closest_member(member_logits: np.ndarray, temperature: float) -> int:
-    """The member whose calibrated probabilities are closest (mean absolute difference) to the ensemble's."""
-    return int(np.argmin(member_gaps(member_logits, temperature).mean(axis=0)))
+def closest_member(member_logits: np.ndarray, temperature: float, excluded: Sequence[int] = ()) -> int:
+    """The member whose calibrated probabilities are closest (mean absolute difference) to the
+    ensemble's, among those not ``excluded``."""
+    gaps = member_gaps(member_logits, temperature).mean(axis=0)
+    gaps[list(excluded)] = np.inf
+    return int(np.argmin(gaps))
 
 
 def shared_validation_patients(cards: list[Path]) -> set[str]:
@@ -81,8 +93,10 @@ def shared_validation_patients(cards: list[Path]) -> set[str]:
 
 
 def assemble(cards: list[Path]) -> tuple[Ensemble, list[ModelCard]]:
-    """Load the members (each checked against its sha256) into one ensemble."""
+    """Load the members (each checked against its sha256) into one ensemble of whole-film networks."""
     loaded = [load_checkpoint(card) for card in cards]
+    if any(card.framing for _, card, _ in loaded):
+        raise SystemExit("Members must be plain networks; name the ones trained on lung-box crops with --lung-box.")
     member_cards = [card for _, card, _ in loaded]
     first = member_cards[0]
     for card in member_cards[1:]:
@@ -121,16 +135,45 @@ def split_seed(card: ModelCard, default: int | None = None) -> int | None:
     return card.training.get("config", {}).get("split_seed", default)
 
 
-def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature: float) -> dict:
-    """The card's ``explanations`` entry naming the members whose maps the app shows."""
+def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature: float, lung_box: Sequence[int] = ()) -> dict:
+    """The card's ``explanations`` entry naming the members whose maps the app shows (never a
+    lung-box member: its maps are in its crop's frame)."""
     if explainer == "all":
+        if lung_box:
+            raise SystemExit("--explainer all would average maps of lung-box members, which are in their crops' frames; use closest.")
         return {}
-    k = closest_member(val_member_logits, temperature)
+    k = closest_member(val_member_logits, temperature, excluded=lung_box)
     gap = member_gaps(val_member_logits, temperature)[:, k]
     return {
         "members": [k],
-        "members_rule": "the member whose calibrated P(pneumonia) on validation is closest to the ensemble's (mean absolute difference)",
+        "members_rule": "the whole-film member whose calibrated P(pneumonia) on validation is closest to the ensemble's (mean absolute difference)",
         "members_gap": {"mean": float(gap.mean()), "p95": float(np.quantile(gap, 0.95))},
+    }
+
+
+def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, out: Path) -> dict:
+    """The card's ``framing`` for the members named by ``--lung-box`` ({} without any), after
+    copying the lung segmenter next to the ensemble's card, where the app will load it from."""
+    if not lung_box:
+        return {}
+    resolved = [card.resolve() for card in cards]
+    unknown = [str(card) for card in lung_box if card.resolve() not in resolved]
+    if unknown:
+        raise SystemExit(f"--lung-box names cards that are not --members: {', '.join(unknown)}.")
+    if len(lung_box) == len(cards):
+        raise SystemExit("At least one member must see whole films: the maps the app shows come from it.")
+    lung = LungSegmenter.load(segmenter)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in (segmenter, segmenter.parent / lung.card.weights):
+        if path.resolve() != (out / path.name).resolve():
+            shutil.copyfile(path, out / path.name)
+    return {
+        "lung_box_members": sorted(resolved.index(card.resolve()) for card in lung_box),
+        "margin": LUNG_BOX_MARGIN,
+        "segmenter": segmenter.name,
+        "segmenter_sha256": lung.card.sha256,
+        "rule": "each film is segmented, cropped to the box of its lungs plus the margin (px at 224) and resized to the "
+        "input size before these members see it; the whole film when the lung mask fails its plausibility check",
     }
 
 
@@ -139,6 +182,9 @@ def build(args: argparse.Namespace) -> ModelCard:
     if len(cards) < 2:
         raise SystemExit("An ensemble needs at least two members.")
     ensemble, member_cards = assemble(cards)
+    out = Path(args.out)
+    framing = lung_box_framing(cards, [Path(p) for p in args.lung_box], Path(args.segmenter), out)
+    ensemble = frame_members(ensemble, framing, out, member_cards[0].mean, member_cards[0].std)
     val_patients = shared_validation_patients(cards)
     train_set, val_set = split_with_patients(list_samples(Path(args.data) / "train"), val_patients)
     y_val = np.array([s.label for s in val_set])
@@ -202,10 +248,10 @@ def build(args: argparse.Namespace) -> ModelCard:
             "rule": "above the threshold (exceeded by this share of validation films) the confidence band is lowered one step",
             "validation_median": float(np.median(spread)),
         },
-        explanations=explainer_section(args.explainer, val_member_logits, temperature),
+        explanations=explainer_section(args.explainer, val_member_logits, temperature, framing.get("lung_box_members", [])),
         latency={"single_image_ms": measure_latency(ensemble, size), "threads": torch.get_num_threads()},
+        framing=framing,
     )
-    out = Path(args.out)
     extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
     card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
     split = json.loads((cards[0].parent / "classifier_val_patients.json").read_text())
@@ -219,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
     parser.add_argument("--members", nargs="+", required=True, help="model cards of the trained members")
     parser.add_argument("--out", default="checkpoints/", help="where the ensemble's classifier.json and weights are written")
+    parser.add_argument("--lung-box", nargs="*", default=[], help="the members (cards among --members) trained on lung-box crops")
+    parser.add_argument("--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card that cuts the lung boxes")
     parser.add_argument("--uncertainty-quantile", type=float, default=UNCERTAINTY_QUANTILE)
     parser.add_argument("--explainer", choices=["closest", "all"], default="closest",
                         help="maps from the member closest to the ensemble on validation (one network's cost), or averaged over all members")
