@@ -106,7 +106,9 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
         Classifier(loaded, card)
     with pytest.raises(CheckpointError, match="whole-film"):
         Classifier(loaded, replace(card, explanations={}))
-    assert Classifier(loaded, replace(card, explanations={"members": [0]})).explainer is loaded.members[0]
+    explained = Classifier(loaded, replace(card, explanations={"members": [0]}))
+    assert explained.explainer is loaded.members[0]
+    assert "network 1 of the ensemble's 2" in explained.maps_source and "network 2 sees only the box around the lungs" in explained.maps_source
 
     for bad, message in (({**framing, "segmenter_sha256": "0" * 64}, "not the one"), ({**framing, "segmenter": "gone.json"}, "missing"),
                          ({**framing, "lung_box_members": [2]}, "members 0 to 1")):  # fmt: skip

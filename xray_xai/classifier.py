@@ -73,9 +73,14 @@ def maps_source(model: torch.nn.Module, chosen: Sequence[int] | None) -> str:
     if chosen is None or len(chosen) == total:
         return f"averaged over the ensemble's {total} networks"
     names = ", ".join(str(int(i) + 1) for i in chosen)
+    framed = [str(i + 1) for i, member in enumerate(model.members) if is_framed(member)]
+    lung_box = (
+        f"; network {', '.join(framed)} sees only the box around the lungs, so its maps would not be in the film's frame"
+        if framed else ""
+    )
     return (
         f"from network {names} of the ensemble's {total}, the one whose answers are closest to the ensemble's "
-        "on validation (one network keeps the maps fast); the probability and band are the whole ensemble's"
+        f"on validation (one network keeps the maps fast){lung_box}; the probability and band are the whole ensemble's"
     )
 
 
