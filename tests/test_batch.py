@@ -206,7 +206,7 @@ def test_parquet_holds_the_same_rows(films, job, tmp_path):
     out = tmp_path / "out"
     run(films, out, job, run_local)
     table = pq.read_table(out / "results.parquet").to_pylist()
-    nested = ("ood", "agreement", "anatomy", "overlays", "band_reasons", "member_probabilities", "similar", "track_record", "boxes")
+    nested = ("ood", "agreement", "anatomy", "overlays", "band_reasons", "member_probabilities", "member_views", "similar", "track_record", "boxes")
     decoded = [{k: json.loads(v) if k in nested else v for k, v in row.items() if v is not None} for row in table]
     rows = jsonl(out)
     assert decoded == [{k: v for k, v in row.items() if v is not None} for row in rows]

@@ -13,7 +13,7 @@ from PIL import Image
 from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like
 from xray_xai.classifier import Classifier
 from xray_xai.ensemble import Ensemble
-from xray_xai.framing import LungBoxFramed, crop_to_lungs, framing_box, is_framed, unframed
+from xray_xai.framing import LungBoxFramed, crop_to_lungs, framing_box, is_framed, member_views, unframed
 from xray_xai.lungs import LungCard, LungMask, build_model
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import normalize, to_model_size
@@ -79,6 +79,11 @@ def test_framed_network_sees_the_crop_the_training_copy_holds():
     assert unframed(framed) is net
 
 
+def test_member_views_name_what_each_network_sees_only_when_they_differ():
+    assert member_views({"lung_box_members": [1]}, 2) == ("whole film", "lung box")
+    assert member_views({}, 2) == () and member_views({"lung_box_members": [0, 1]}, 2) == ()
+
+
 def save_segmenter(folder) -> LungCard:
     torch.manual_seed(0)
     card = LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)
@@ -135,7 +140,8 @@ def test_ensemble_cli_frames_the_lung_box_members_and_explains_with_a_whole_film
     assert (tmp_path / "ensemble" / "lungs.json").is_file()
     classifier = Classifier.load(tmp_path / "ensemble" / "classifier.json")
     assert isinstance(classifier.model.members[0], LungBoxFramed)
-    assert 0 <= classifier.predict(smooth_image_like(50)).probability <= 1
+    prediction = classifier.predict(smooth_image_like(50))
+    assert 0 <= prediction.probability <= 1 and prediction.member_views == ("lung box", "whole film")
 
     with pytest.raises(SystemExit, match="whole films"):
         ensemble_main([*common, "--lung-box", *cards, "--out", str(tmp_path / "all_boxes")])

@@ -203,6 +203,10 @@ def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None
     assert "band was lowered" in summary
     assert "- Uncertainty: the 2 networks of the ensemble give P(pneumonia) from 1.0% to 17.0%" in findings
     assert "one standard deviation: 8.0%" in findings
+    viewed = replace(lowered, member_views=("whole film", "lung box"))
+    findings = section(build_report(Analysis(viewed)), "FINDINGS")
+    assert ("- Uncertainty: the ensemble's networks see the whole film or only the box around the lungs; "
+            "their P(pneumonia): whole film 1.0%, lung box 17.0% (spread") in findings
     assert "- The 2 networks of the ensemble disagree on this film." in findings
     plain = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "High", BALANCED)))
     assert "Uncertainty" not in plain and "lowered" not in plain

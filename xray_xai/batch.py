@@ -146,6 +146,7 @@ def result_record(path: str, result: Result) -> dict:
         "band_reasons": list(prediction.band_reasons),
         "uncertainty": prediction.uncertainty,
         "member_probabilities": list(prediction.member_probabilities),
+        "member_views": list(prediction.member_views),
         "operating_point": prediction.operating_point.name,
         "threshold": prediction.operating_point.threshold,
         "ood": {"flagged": analysis.ood.flagged, "reasons": list(analysis.ood.reasons)},

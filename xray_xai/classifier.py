@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .ensemble import Ensemble
-from .framing import is_framed
+from .framing import is_framed, member_views
 from .imaging import InputError
 from .model import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, load_checkpoint
 from .ood import mahalanobis, penultimate_features
@@ -204,6 +204,7 @@ class Classifier:
             point,
             uncertainty=spread,
             member_probabilities=tuple(float(p) for p in member_probabilities) if spread is not None else (),
+            member_views=member_views(self.card.framing, len(member_probabilities)) if spread is not None else (),
             band_reasons=tuple(reasons),
         )
 

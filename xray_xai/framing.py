@@ -88,6 +88,15 @@ class LungBoxFramed(nn.Module):
         return self.net.get_classifier()
 
 
+def member_views(framing: dict, members: int) -> tuple[str, ...]:
+    """What each of ``members`` networks sees, "whole film" or "lung box", when a card's
+    ``framing`` makes them differ; () when they all see the same."""
+    boxed = {int(i) for i in framing.get("lung_box_members", [])}
+    if not boxed or len(boxed) == members:
+        return ()
+    return tuple("lung box" if i in boxed else "whole film" for i in range(members))
+
+
 def frame_members(model: nn.Module, framing: dict, card_dir: Path, mean: float, std: float) -> nn.Module:
     """Wrap the members that a card's ``framing`` names (``lung_box_members``) in
     :class:`LungBoxFramed`, with the lung segmenter it names, which must be the one the

@@ -201,9 +201,13 @@ def _uncertainty_lines(prediction: Prediction) -> list[str]:
     lines = []
     if prediction.uncertainty is not None:
         members = prediction.member_probabilities
+        if prediction.member_views:
+            views = ", ".join(f"{view} {percent(p)}" for view, p in zip(prediction.member_views, members))
+            given = f"the ensemble's networks see the whole film or only the box around the lungs; their P(pneumonia): {views}"
+        else:
+            given = f"the {len(members)} networks of the ensemble give P(pneumonia) from {percent(min(members))} to {percent(max(members))}"
         lines.append(
-            f"- Uncertainty: the {len(members)} networks of the ensemble give P(pneumonia) "
-            f"from {percent(min(members))} to {percent(max(members))} (spread, one standard deviation: "
+            f"- Uncertainty: {given} (spread, one standard deviation: "
             f"{percent(prediction.uncertainty)}); the larger the spread, the less the answer can be trusted."
         )
     lines += [f"- {reason}" for reason in prediction.band_reasons]

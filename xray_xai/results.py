@@ -55,6 +55,8 @@ class Prediction:
     # Spread (standard deviation) of the ensemble members' calibrated P(pneumonia); None for a single network.
     uncertainty: float | None = None
     member_probabilities: tuple[float, ...] = ()
+    # What each member sees ("whole film" or "lung box"), when the members see the film differently; else ().
+    member_views: tuple[str, ...] = ()
     # Plain-language reasons why the band is lower than the probability alone would give.
     band_reasons: tuple[str, ...] = ()
 
