@@ -14,7 +14,7 @@ from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like
 from xray_xai.classifier import Classifier
 from xray_xai.ensemble import Ensemble
 from xray_xai.framing import LungBoxFramed, crop_to_lungs, framing_box, is_framed, member_views, unframed
-from xray_xai.lungs import LungCard, LungMask, build_model
+from xray_xai.lungs import LungCard, LungMask, LungSegmenter, build_model
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import normalize, to_model_size
 from xray_xai.training import lung_crops
@@ -102,6 +102,10 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
     assert isinstance(loaded.members[1], LungBoxFramed) and not isinstance(loaded.members[0], LungBoxFramed)
     for name, value in model.state_dict().items():  # the weight file stores plain networks
         assert torch.equal(unframed(loaded).state_dict()[name], value), name
+    shared = LungSegmenter.load(tmp_path / "lungs.json")  # the app's own segmenter is shared, not loaded again
+    assert load_checkpoint(tmp_path / "classifier.json", segmenter=shared)[0].members[1].segmenter is shared
+    other = LungSegmenter(build_model(LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)), replace(shared.card, sha256="0" * 64))
+    assert load_checkpoint(tmp_path / "classifier.json", segmenter=other)[0].members[1].segmenter.card.sha256 == lung_card.sha256
     save_checkpoint(loaded, ModelCard.from_json(tmp_path / "classifier.json"), tmp_path / "again.json", dtype=torch.float32)
     assert ModelCard.from_json(tmp_path / "again.json").sha256 == ModelCard.from_json(tmp_path / "classifier.json").sha256
 

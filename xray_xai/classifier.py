@@ -105,8 +105,9 @@ class Classifier:
         self.maps_source = maps_source(self.model, self.card.explanations.get("members"))
 
     @classmethod
-    def load(cls, card_path: str | Path = DEFAULT_CHECKPOINT) -> "Classifier":
-        model, card, extras = load_checkpoint(card_path)
+    def load(cls, card_path: str | Path = DEFAULT_CHECKPOINT, segmenter=None) -> "Classifier":
+        """Load a checkpoint; ``segmenter``, if given, is shared with any lung-box members."""
+        model, card, extras = load_checkpoint(card_path, segmenter=segmenter)
         mean, precision = extras.get("ood_mean"), extras.get("ood_precision")
         return cls(
             model,

@@ -97,19 +97,18 @@ def member_views(framing: dict, members: int) -> tuple[str, ...]:
     return tuple("lung box" if i in boxed else "whole film" for i in range(members))
 
 
-def frame_members(model: nn.Module, framing: dict, card_dir: Path, mean: float, std: float) -> nn.Module:
+def frame_members(
+    model: nn.Module, framing: dict, card_dir: Path, mean: float, std: float, segmenter: LungSegmenter | None = None
+) -> nn.Module:
     """Wrap the members that a card's ``framing`` names (``lung_box_members``) in
     :class:`LungBoxFramed`, with the lung segmenter it names, which must be the one the
-    classifier was calibrated with (same weights sha256)."""
+    classifier was calibrated with (same weights sha256). A ``segmenter`` already loaded with
+    those weights (the app's own) is shared rather than loaded a second time."""
     indices = [int(i) for i in framing.get("lung_box_members", [])]
     if not indices:
         return model
-    path = card_dir / framing.get("segmenter", "")
-    if not path.is_file():
-        raise CheckpointError(f"The lung segmenter {path} that frames the lung-box members is missing.")
-    segmenter = LungSegmenter.load(path)
-    if segmenter.card.sha256 != framing.get("segmenter_sha256"):
-        raise CheckpointError(f"The lung segmenter {path} is not the one the classifier was calibrated with (weights sha256 differ).")
+    if segmenter is None or segmenter.card.sha256 != framing.get("segmenter_sha256"):
+        segmenter = framing_segmenter(framing, card_dir)
     margin = int(framing.get("margin", LUNG_BOX_MARGIN))
     if not isinstance(model, Ensemble):
         if indices != [0]:
@@ -120,6 +119,17 @@ def frame_members(model: nn.Module, framing: dict, card_dir: Path, mean: float, 
     for i in indices:
         model.members[i] = LungBoxFramed(model.members[i], segmenter, mean, std, margin)
     return model
+
+
+def framing_segmenter(framing: dict, card_dir: Path) -> LungSegmenter:
+    """The lung segmenter a card's ``framing`` names, next to the card, checked against its sha256."""
+    path = card_dir / framing.get("segmenter", "")
+    if not path.is_file():
+        raise CheckpointError(f"The lung segmenter {path} that frames the lung-box members is missing.")
+    segmenter = LungSegmenter.load(path)
+    if segmenter.card.sha256 != framing.get("segmenter_sha256"):
+        raise CheckpointError(f"The lung segmenter {path} is not the one the classifier was calibrated with (weights sha256 differ).")
+    return segmenter
 
 
 def unframed(model: nn.Module) -> nn.Module:

@@ -126,12 +126,14 @@ def verified_file(card_path: Path, name: str, sha256: str, error: type[Exception
 
 
 def load_checkpoint(
-    card_path: str | Path, model_factory=create_model
+    card_path: str | Path, model_factory=create_model, segmenter=None
 ) -> tuple[torch.nn.Module, ModelCard, dict[str, torch.Tensor]]:
     """Rebuild the model of a card, after checking the weight file's sha256.
 
     Returns the model in eval mode (float32, channels_last), its card, and the extra tensors
     stored beside the weights (e.g. feature statistics for out-of-distribution checks).
+    ``segmenter``: an already loaded lung segmenter that lung-box members may share (used only
+    if its weights are the ones the card names; see :func:`xray_xai.framing.frame_members`).
     """
     card_path = Path(card_path)
     if not card_path.is_file():
@@ -145,6 +147,6 @@ def load_checkpoint(
     if card.framing:
         from .framing import frame_members
 
-        model = frame_members(model, card.framing, card_path.parent, card.mean, card.std)
+        model = frame_members(model, card.framing, card_path.parent, card.mean, card.std, segmenter)
     model.eval().to(memory_format=torch.channels_last)
     return model, card, extras

@@ -122,7 +122,7 @@ class Pipeline:
         segmenter = None
         if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
             segmenter = LungSegmenter.load(lung_checkpoint)
-        classifier = Classifier.load(checkpoint)
+        classifier = Classifier.load(checkpoint, segmenter=segmenter)  # lung-box members share it
         similar = load_matching(similar_index, classifier.card.sha256) if similar_index is not None else None
         report = load_report(model_report, classifier.card.sha256) if model_report is not None else None
         return cls(classifier, segmenter, similar, report)

@@ -151,11 +151,11 @@ def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature
     }
 
 
-def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, out: Path) -> dict:
-    """The card's ``framing`` for the members named by ``--lung-box`` ({} without any), after
-    copying the lung segmenter next to the ensemble's card, where the app will load it from."""
+def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, out: Path) -> tuple[dict, LungSegmenter | None]:
+    """The card's ``framing`` for the members named by ``--lung-box`` ({} without any) and the
+    loaded segmenter, after copying it next to the ensemble's card, where the app will load it from."""
     if not lung_box:
-        return {}
+        return {}, None
     resolved = [card.resolve() for card in cards]
     unknown = [str(card) for card in lung_box if card.resolve() not in resolved]
     if unknown:
@@ -167,7 +167,7 @@ def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, o
     for path in (segmenter, segmenter.parent / lung.card.weights):
         if path.resolve() != (out / path.name).resolve():
             shutil.copyfile(path, out / path.name)
-    return {
+    framing = {
         "lung_box_members": sorted(resolved.index(card.resolve()) for card in lung_box),
         "margin": LUNG_BOX_MARGIN,
         "segmenter": segmenter.name,
@@ -175,6 +175,7 @@ def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, o
         "rule": "each film is segmented, cropped to the box of its lungs plus the margin (px at 224) and resized to the "
         "input size before these members see it; the whole film when the lung mask fails its plausibility check",
     }
+    return framing, lung
 
 
 def build(args: argparse.Namespace) -> ModelCard:
@@ -183,8 +184,8 @@ def build(args: argparse.Namespace) -> ModelCard:
         raise SystemExit("An ensemble needs at least two members.")
     ensemble, member_cards = assemble(cards)
     out = Path(args.out)
-    framing = lung_box_framing(cards, [Path(p) for p in args.lung_box], Path(args.segmenter), out)
-    ensemble = frame_members(ensemble, framing, out, member_cards[0].mean, member_cards[0].std)
+    framing, segmenter = lung_box_framing(cards, [Path(p) for p in args.lung_box], Path(args.segmenter), out)
+    ensemble = frame_members(ensemble, framing, out, member_cards[0].mean, member_cards[0].std, segmenter)
     val_patients = shared_validation_patients(cards)
     train_set, val_set = split_with_patients(list_samples(Path(args.data) / "train"), val_patients)
     y_val = np.array([s.label for s in val_set])
