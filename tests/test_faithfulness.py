@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai.evaluation import faithfulness
 from xray_xai.evaluation.faithfulness import lung_figures, main, perturbation_curve, rank_pixels, step_counts
+from xray_xai.lungs import LungMask
 
 SIZE, STEP = 16, 16
 PATCH = (slice(4, 8), slice(4, 8))  # 16 pixels: exactly one step
@@ -139,3 +142,30 @@ def test_cli_limit_classes_and_validation_split(tiny, tmp_path):
     result = run(root, checkpoint, data, tmp_path / "b", "--classes", "NORMAL", "PNEUMONIA", "--split", "val")
     assert sorted(result["probabilities"]) == ["NORMAL/IM-1001-0001.png", "PNEUMONIA/person100_bacteria_0.png"]
     assert result["methods"]["gradcam"]["per_image"][0]["file"] == "NORMAL/IM-1001-0001.png"
+
+
+class BoxLungs:
+    """A segmenter that finds lungs in rows 8-16, columns 4-20 of every 32-px film."""
+
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok
+        self.card = SimpleNamespace(sha256="f" * 64)
+
+    def segment(self, pixels: np.ndarray) -> LungMask:
+        mask = np.zeros((32, 32), dtype=bool)
+        mask[8:16, 4:20] = True
+        return LungMask(mask, mask.astype(np.float32), self.ok)
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, monkeypatch, ok):
+    root, checkpoint, data = tiny
+    monkeypatch.setattr(faithfulness.LungSegmenter, "load", classmethod(lambda cls, path: BoxLungs(ok)))
+    focused = run(root, checkpoint, data, tmp_path / "focus", "--lung-focus")
+    assert focused["settings"]["occlusion"]["region"] == "the app's lung box" and focused["settings"]["lung_segmenter_sha256"] == "f" * 64
+    # the app's margin of 16 px at 224 px is 2 px at 32 px; a failed mask leaves the whole film
+    assert set(map(lambda r: None if r is None else tuple(r), focused["occlusion_regions"].values())) == ({(6, 18, 2, 22)} if ok else {None})
+    whole = run(root, checkpoint, data, tmp_path / "whole")
+    assert set(whole["occlusion_regions"].values()) == {None} and whole["settings"]["occlusion"]["region"] == "whole image"
+    occlusion = lambda result: [row["deletion_auc"] for row in result["methods"]["occlusion"]["per_image"]]
+    assert (occlusion(focused) != occlusion(whole)) == ok  # the restricted map ranks pixels differently

@@ -32,7 +32,7 @@ from .occlusion import occlusion_map
 from .ood import assess_ood
 from .overlay import overlay
 from .report import build_report
-from .results import Analysis, Prediction, to_jsonable
+from .results import Analysis, Prediction, Region, to_jsonable
 from .similar import DEFAULT_INDEX, SimilarIndex, load_matching
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
@@ -167,9 +167,7 @@ class Pipeline:
         if options.occlusion == "off":
             return result
         target = self.classifier.card.classes.index(result.analysis.explained_class)
-        region = None
-        if options.lung_focus and result.lung is not None and result.lung.ok:
-            region = lung_box(result.lung.mask, LUNG_BOX_MARGIN)
+        region = occlusion_region(result.lung) if options.lung_focus else None
         occ = occlusion_map(
             self.classifier.explainer,
             result.model_input,
@@ -203,6 +201,14 @@ class Pipeline:
     def _target_class(self, prediction: Prediction, options: Options) -> int:
         classes = self.classifier.card.classes
         return classes.index("PNEUMONIA") if options.explain == "pneumonia" else classes.index(prediction.label)
+
+
+def occlusion_region(lung: LungMask | None) -> Region | None:
+    """Where the app occludes: the box of both lungs of a plausible lung mask plus a margin of
+    ``LUNG_BOX_MARGIN`` px at 224 px, in the model input's frame; None (the whole film) without one."""
+    if lung is None or not lung.ok:
+        return None
+    return lung_box(lung.mask, round(LUNG_BOX_MARGIN * lung.mask.shape[0] / 224))
 
 
 def _synthetic_png() -> bytes:

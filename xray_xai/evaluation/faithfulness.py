@@ -19,8 +19,11 @@ app's shortcut warning) and whether the map's peak is inside. Chance level is th
 fraction. Images without a mask count for deletion/insertion only.
 
 ``--split val`` keeps only the classifier's validation patients (the ids saved next to the
-checkpoint by training), so run it on ``DATA/train``. Occlusion here covers the whole image
-(``--window``/``--stride``, default the app's fast preset), not the app's lung box.
+checkpoint by training), so run it on ``DATA/train``. Occlusion covers the whole image
+(``--window``/``--stride``, default 32/16), or, with ``--lung-focus``, only the box the app
+occludes: both lungs plus a margin, found by the app's lung segmenter on each film (the whole
+film where its mask fails the plausibility check). Use ``--window 48 --stride 24`` with it for
+the app's fast preset, i.e. the occlusion map as the app shows it.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ from ..cam import compute_cam  # noqa: E402
 from ..classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
-from ..model import DEFAULT_CHECKPOINT  # noqa: E402
+from ..lungs import LungSegmenter  # noqa: E402
+from ..model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT  # noqa: E402
 from ..occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
-from ..results import OUTSIDE_KEY  # noqa: E402
+from ..pipeline import occlusion_region  # noqa: E402
+from ..results import OUTSIDE_KEY, Region  # noqa: E402
 
 METHODS = ("gradcam", "occlusion", "random")
 STEP_PIXELS = 224  # pixels changed per step, as in RISE
@@ -138,7 +143,9 @@ def class_score_fn(classifier: Classifier, target_class: int) -> ScoreFn:
     return score
 
 
-def explanation_maps(classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...]) -> dict[str, np.ndarray]:
+def explanation_maps(
+    classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...], region: Region | None = None
+) -> dict[str, np.ndarray]:
     size = classifier.input_size
     occlusion = occlusion_map(
         classifier.explainer,
@@ -149,6 +156,7 @@ def explanation_maps(classifier: Classifier, x: torch.Tensor, target_class: int,
         batch_size=args.batch_size,
         target_class=target_class,
         temperature=classifier.card.temperature,
+        region=region,
     )
     return {
         "gradcam": compute_cam(classifier.explainer, x, method="gradcam", target_class=target_class),
@@ -168,18 +176,24 @@ def select_samples(args: argparse.Namespace) -> list[Sample]:
     return seeded_subset([s for s in samples if CLASSES[s.label] in args.classes], args.limit, args.seed)
 
 
-def evaluate_image(classifier: Classifier, sample: Sample, args: argparse.Namespace, index: int) -> tuple[dict, dict[str, Curve]]:
-    """Per-method deletion/insertion curves and lung figures for one image."""
-    x = classifier.prepare(load_image(sample.path).pixels)
+def evaluate_image(
+    classifier: Classifier, sample: Sample, args: argparse.Namespace, index: int, segmenter: LungSegmenter | None = None
+) -> tuple[dict, dict[str, Curve]]:
+    """Per-method deletion/insertion curves and lung figures for one image; with a ``segmenter``
+    the occlusion covers only the box the app would occlude."""
+    pixels = load_image(sample.path).pixels
+    x = classifier.prepare(pixels)
     target = sample.label
     seed = (args.seed, index)  # random map and tie-breaking, reproducible per image
-    maps = explanation_maps(classifier, x, target, args, seed)
+    region = occlusion_region(segmenter.segment(pixels)) if segmenter is not None else None
+    maps = explanation_maps(classifier, x, target, args, seed, region)
     score_fn = class_score_fn(classifier, target)
     removed, blurred = make_baseline(x, args.baseline), make_baseline(x, "blur")
     mask_file = Path(args.masks) / CLASSES[sample.label] / f"{sample.path.stem}.png"
     lungs = read_mask(mask_file, classifier.input_size) if mask_file.is_file() else None
     record = {"file": f"{CLASSES[sample.label]}/{sample.path.name}", "explained_class": CLASSES[target],
-              "probability": float(score_fn(x)[0]), "lung_area_fraction": None if lungs is None else float(lungs.mean())}  # fmt: skip
+              "probability": float(score_fn(x)[0]), "lung_area_fraction": None if lungs is None else float(lungs.mean()),
+              "occlusion_region": None if region is None else list(region)}  # fmt: skip
     curves = {}
     kw = {"step": args.step, "batch_size": args.batch_size, "seed": seed}
     for method, saliency in maps.items():
@@ -247,6 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many images (0 = all)")
     parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
+    parser.add_argument("--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does")
+    parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card used by --lung-focus")
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
     parser.add_argument("--step", type=int, default=STEP_PIXELS, help="pixels changed per deletion/insertion step")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -258,14 +274,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    classifier = Classifier.load(args.checkpoint)
+    segmenter = LungSegmenter.load(args.lung_checkpoint) if args.lung_focus else None
+    classifier = Classifier.load(args.checkpoint, segmenter=segmenter)
     samples = select_samples(args)
     if not samples:
         raise SystemExit(f"No {'/'.join(args.classes)} images selected under {args.data}.")
     records, failures, sums = [], [], {}
     for index, sample in enumerate(tqdm(samples, desc="faithfulness", unit="img", file=sys.stderr)):
         try:
-            record, curves = evaluate_image(classifier, sample, args, index)
+            record, curves = evaluate_image(classifier, sample, args, index, segmenter)
         except InputError as error:
             failures.append({"file": f"{CLASSES[sample.label]}/{sample.path.name}", "reason": str(error)})
             continue
@@ -303,14 +320,16 @@ def main(argv: list[str] | None = None) -> dict:
             "step_pixels": args.step,
             "deletion_baseline": args.baseline,
             "insertion_start": "blur",
-            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "whole image"},
+            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"},
             "gradcam": "xray_xai.cam.compute_cam(method='gradcam')",
             "seed": args.seed,
             "checkpoint": str(Path(args.checkpoint).resolve()),
             "checkpoint_sha256": classifier.card.sha256,
+            "lung_segmenter_sha256": segmenter.card.sha256 if segmenter is not None else None,
         },
         "mean_curves": {"fraction": fraction.tolist(), **{m: {k: v.tolist() for k, v in c.items()} for m, c in mean_curves.items()}},
         "probabilities": {r["file"]: r["probability"] for r in records},
+        "occlusion_regions": {r["file"]: r["occlusion_region"] for r in records},  # (y0, y1, x0, x1); null: whole image
         "failed": {"count": len(failures), "files": failures},
     }
     plot_curves(out / "faithfulness_curves.png", fraction, mean_curves, methods, len(records))
