@@ -169,3 +169,12 @@ def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, m
     assert set(whole["occlusion_regions"].values()) == {None} and whole["settings"]["occlusion"]["region"] == "whole image"
     occlusion = lambda result: [row["deletion_auc"] for row in result["methods"]["occlusion"]["per_image"]]
     assert (occlusion(focused) != occlusion(whole)) == ok  # the restricted map ranks pixels differently
+
+
+def test_cli_scores_the_chosen_maps_only(tiny, tmp_path):
+    root, checkpoint, data = tiny
+    default = run(root, checkpoint, data, tmp_path / "default")
+    chosen = run(root, checkpoint, data, tmp_path / "chosen", "--maps", "hirescam", "gradcam", "layercam", "gradcam")
+    assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random"] and chosen["settings"]["maps"] == list(chosen["methods"])
+    assert chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]  # same map, same figures
+    assert chosen["methods"]["random"]["per_image"] == default["methods"]["random"]["per_image"]

@@ -12,6 +12,10 @@ pixels back. The score is the calibrated probability of the explained class, whi
 image's labelled class. A faithful map makes the deletion curve fall fast (low AUC) and the
 insertion curve rise fast (high AUC); a random map (seeded) is the reference.
 
+``--maps`` chooses what is scored: any of the app's CAM methods (``gradcam``, ``hirescam``,
+``gradcam++``, ``layercam``) and ``occlusion`` (default: Grad-CAM and occlusion), always next to
+the seeded random map.
+
 Lung figures use reference masks in ``MASKDIR`` (same ``CLASS/NAME.png`` layout as ``DIR``,
 255 = lung, resized to the model input with nearest neighbour): the share of each map's
 positive mass inside the lungs (as :func:`xray_xai.anatomy.zone_shares` computes it for the
@@ -46,7 +50,7 @@ from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
 from ..anatomy import zone_shares  # noqa: E402
-from ..cam import compute_cam  # noqa: E402
+from ..cam import CAM_METHODS, compute_cam  # noqa: E402
 from ..classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
@@ -56,7 +60,7 @@ from ..occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
 from ..pipeline import occlusion_region  # noqa: E402
 from ..results import OUTSIDE_KEY, Region  # noqa: E402
 
-METHODS = ("gradcam", "occlusion", "random")
+MAPS = (*CAM_METHODS, "occlusion")  # what --maps can score; a seeded random map is always scored too
 STEP_PIXELS = 224  # pixels changed per step, as in RISE
 ScoreFn = Callable[[torch.Tensor], np.ndarray]
 
@@ -146,23 +150,22 @@ def class_score_fn(classifier: Classifier, target_class: int) -> ScoreFn:
 def explanation_maps(
     classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...], region: Region | None = None
 ) -> dict[str, np.ndarray]:
+    """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map."""
     size = classifier.input_size
-    occlusion = occlusion_map(
-        classifier.explainer,
-        x,
-        window=args.window,
-        stride=args.stride,
-        baseline=args.baseline,
-        batch_size=args.batch_size,
-        target_class=target_class,
-        temperature=classifier.card.temperature,
-        region=region,
-    )
-    return {
-        "gradcam": compute_cam(classifier.explainer, x, method="gradcam", target_class=target_class),
-        "occlusion": occlusion.map,
-        "random": np.random.default_rng(seed).random((size, size), dtype=np.float32),
-    }
+    maps = {method: compute_cam(classifier.explainer, x, method=method, target_class=target_class) for method in args.maps if method in CAM_METHODS}
+    if "occlusion" in args.maps:
+        maps["occlusion"] = occlusion_map(
+            classifier.explainer,
+            x,
+            window=args.window,
+            stride=args.stride,
+            baseline=args.baseline,
+            batch_size=args.batch_size,
+            target_class=target_class,
+            temperature=classifier.card.temperature,
+            region=region,
+        ).map
+    return {**maps, "random": np.random.default_rng(seed).random((size, size), dtype=np.float32)}
 
 
 def select_samples(args: argparse.Namespace) -> list[Sample]:
@@ -213,10 +216,11 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(records: list[dict]) -> dict:
-    """Means per method, the 95th percentile of the outside-lung share, and paired wins over random."""
+def summarize(records: list[dict], maps: list[str]) -> dict:
+    """Means per map (``maps`` and the random map), the 95th percentile of the outside-lung
+    share, and paired wins over random."""
     methods = {}
-    for method in METHODS:
+    for method in [*maps, "random"]:
         rows = [r[method] for r in records]
         inside = [r["inside_lung_fraction"] for r in rows if r["inside_lung_fraction"] is not None]
         summary = {
@@ -261,6 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many images (0 = all)")
     parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
+    parser.add_argument("--maps", nargs="+", choices=MAPS, default=["gradcam", "occlusion"], help="maps to score: CAM methods by name and/or occlusion (a seeded random map is always scored)")
     parser.add_argument("--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does")
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card used by --lung-focus")
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
@@ -268,7 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="subset, random maps and tie-breaking")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.maps = list(dict.fromkeys(args.maps))  # each map once, in the order given
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     mean_curves = {m: {k: v / len(records) for k, v in c.items()} for m, c in sums.items()}
     total = classifier.input_size**2
     fraction = step_counts(total, args.step) / total
-    methods = summarize(records)
+    methods = summarize(records, args.maps)
     areas = [r["lung_area_fraction"] for r in records if r["lung_area_fraction"] is not None]
     result = {
         "n": len(records),
@@ -321,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
             "deletion_baseline": args.baseline,
             "insertion_start": "blur",
             "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"},
-            "gradcam": "xray_xai.cam.compute_cam(method='gradcam')",
+            "maps": [*args.maps, "random"],
+            "cams": "xray_xai.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
             "seed": args.seed,
             "checkpoint": str(Path(args.checkpoint).resolve()),
             "checkpoint_sha256": classifier.card.sha256,
