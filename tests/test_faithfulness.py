@@ -178,3 +178,6 @@ def test_cli_scores_the_chosen_maps_only(tiny, tmp_path):
     assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random"] and chosen["settings"]["maps"] == list(chosen["methods"])
     assert chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]  # same map, same figures
     assert chosen["methods"]["random"]["per_image"] == default["methods"]["random"]["per_image"]
+    assert chosen["settings"]["occlusion"] is None
+    with pytest.raises(SystemExit):  # nothing for --lung-focus to restrict
+        run(root, checkpoint, data, tmp_path / "nothing", "--maps", "gradcam", "--lung-focus")

@@ -265,7 +265,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many images (0 = all)")
     parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
-    parser.add_argument("--maps", nargs="+", choices=MAPS, default=["gradcam", "occlusion"], help="maps to score: CAM methods by name and/or occlusion (a seeded random map is always scored)")
+    parser.add_argument(
+        "--maps", nargs="+", choices=MAPS, default=["gradcam", "occlusion"],
+        help="maps to score: CAM methods by name and/or occlusion (a seeded random map is always scored)",
+    )  # fmt: skip
     parser.add_argument("--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does")
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card used by --lung-focus")
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
@@ -275,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     args.maps = list(dict.fromkeys(args.maps))  # each map once, in the order given
+    if args.lung_focus and "occlusion" not in args.maps:
+        parser.error("--lung-focus restricts the occlusion map: add occlusion to --maps")
     return args
 
 
@@ -327,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
             "step_pixels": args.step,
             "deletion_baseline": args.baseline,
             "insertion_start": "blur",
-            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"},
+            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"}
+            if "occlusion" in args.maps else None,
             "maps": [*args.maps, "random"],
             "cams": "xray_xai.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
             "seed": args.seed,
