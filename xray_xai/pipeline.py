@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from .agreement import agreement
-from .anatomy import analyze_anatomy, lung_box
+from .anatomy import analyze_anatomy
 from .cam import CAM_METHODS, compute_cam
 from .classifier import Classifier
 from .evidence import draw_boxes, evidence_boxes, zone_regions
-from .framing import LUNG_BOX_MARGIN
+from .framing import framing_box
 from .imaging import InputError, LoadedImage, load_image
 from .lungs import LungMask, LungSegmenter
 from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
@@ -204,11 +204,10 @@ class Pipeline:
 
 
 def occlusion_region(lung: LungMask | None) -> Region | None:
-    """Where the app occludes: the box of both lungs of a plausible lung mask plus a margin of
-    ``LUNG_BOX_MARGIN`` px at 224 px, in the model input's frame; None (the whole film) without one."""
-    if lung is None or not lung.ok:
-        return None
-    return lung_box(lung.mask, round(LUNG_BOX_MARGIN * lung.mask.shape[0] / 224))
+    """Where the app occludes: the lung box a lung-box network would see (both lungs of a plausible
+    mask plus ``LUNG_BOX_MARGIN`` px at 224 px), in the model input's frame; None (the whole film)
+    without a plausible mask."""
+    return framing_box(lung, lung.mask.shape) if lung is not None and lung.ok else None
 
 
 def _synthetic_png() -> bytes:
