@@ -72,9 +72,13 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
 
 
 def operating_points(probs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """The three named thresholds on P(pneumonia); a case is positive when ``p >= threshold``.
+    """The three named thresholds on calibrated P(pneumonia); a case is positive when ``p >= threshold``.
 
-    - ``balanced``: maximises Youden's J = sensitivity + specificity - 1.
+    - ``balanced``: the prevalence of pneumonia in ``labels``. For calibrated probabilities this
+      is the threshold that maximises Youden's J = sensitivity + specificity - 1 (predict
+      pneumonia when p / prevalence > (1 - p) / (1 - prevalence)). The empirical maximum of J is
+      not used: on a few hundred validation films J is flat over a wide range of thresholds
+      (within a handful of films), so its arg-max jumps with the sample.
     - ``screening``: the highest threshold whose sensitivity is >= 0.95.
     - ``rule_in``: the lowest threshold whose specificity is >= 0.90.
     """
@@ -85,12 +89,14 @@ def operating_points(probs: np.ndarray, labels: np.ndarray) -> dict[str, dict[st
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     spec = 1 - fpr
     # roc_curve orders thresholds from high to low.
-    choice = {
-        "balanced": int(np.argmax(tpr - fpr)),
-        "screening": int(np.flatnonzero(tpr >= SCREENING_MIN_SENSITIVITY)[0]),
-        "rule_in": int(np.flatnonzero(spec >= RULE_IN_MIN_SPECIFICITY)[-1]),
-    }
-    return {
+    points = {
         name: {"threshold": float(thresholds[i]), "sensitivity": float(tpr[i]), "specificity": float(spec[i])}
-        for name, i in choice.items()
+        for name, i in (
+            ("screening", int(np.flatnonzero(tpr >= SCREENING_MIN_SENSITIVITY)[0])),
+            ("rule_in", int(np.flatnonzero(spec >= RULE_IN_MIN_SPECIFICITY)[-1])),
+        )
     }
+    prevalence = float(labels.mean())
+    predicted = probs >= prevalence
+    balanced = {"threshold": prevalence, "sensitivity": float(predicted[labels == 1].mean()), "specificity": float((~predicted[labels == 0]).mean())}
+    return {"balanced": balanced, **points}

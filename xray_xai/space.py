@@ -291,7 +291,7 @@ class Handlers:
 
         Args:
             image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP or DICOM.
-            operating_point: Decision threshold: "balanced" (Youden's J on validation), "screening" (validation sensitivity >= 95%) or "rule_in" (validation specificity >= 90%).
+            operating_point: Decision threshold: "balanced" (maximum Youden's J: the validation prevalence of pneumonia, for calibrated probabilities), "screening" (validation sensitivity >= 95%) or "rule_in" (validation specificity >= 90%).
 
         Returns:
             label: "PNEUMONIA" or "NORMAL" at the chosen operating point (a research output, not a diagnosis).
