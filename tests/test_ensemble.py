@@ -151,6 +151,8 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
     assert set(card["validation"]["perturbed"]) == {"clean", "blur_1px", "blur_2px", "noise_0.03", "gamma_0.7", "gamma_1.4"}
     assert card["uncertainty"]["threshold"] >= 0 and card["uncertainty"]["quantile"] == 0.95
     assert len(card["training"]["members"]) == 2 and card["ood"]["threshold"] > 0
+    # calibrated on the float16 kernels it stores: the reloaded file gives the calibrated probabilities
+    assert card["weights_dtype"].startswith("float16") and card["validation"]["stored_weights_max_abs_prob_diff"] == 0.0
     split = json.loads((tmp_path / "ensemble" / "classifier_val_patients.json").read_text())
     assert split == json.loads((tmp_path / "member1" / "classifier_val_patients.json").read_text()) and split["seed"] == 0
     member = json.loads((tmp_path / "member2" / "classifier.json").read_text())

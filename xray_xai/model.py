@@ -101,13 +101,28 @@ def save_checkpoint(
     return card
 
 
+def _is_kernel(tensor: torch.Tensor) -> bool:
+    """Convolution kernels: 4-D floating tensors, nearly all of a CNN's bytes."""
+    return tensor.is_floating_point() and tensor.ndim == 4
+
+
 def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Convolution kernels (4-D, nearly all of the bytes) in ``dtype``; norms, biases and the
-    classifier stay float32, which keeps probabilities within 1e-3 of the float32 model."""
+    """Convolution kernels in ``dtype``; norms, biases and the classifier stay float32, which
+    keeps probabilities within 1e-3 of the float32 model."""
     tensor = tensor.detach().cpu().contiguous()
     if tensor.is_floating_point():
-        return tensor.to(dtype) if tensor.ndim == 4 else tensor.float()
+        return tensor.to(dtype) if _is_kernel(tensor) else tensor.float()
     return tensor
+
+
+def round_kernels(model: torch.nn.Module, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+    """Round ``model``'s convolution kernels in place to the values :func:`save_checkpoint` stores
+    in ``dtype``, so that whatever is fitted afterwards describes the stored file exactly."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if _is_kernel(tensor):
+                tensor.copy_(tensor.to(dtype).float())
+    return model
 
 
 def verified_file(card_path: Path, name: str, sha256: str, error: type[Exception] = CheckpointError) -> Path:

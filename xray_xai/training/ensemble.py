@@ -12,6 +12,8 @@ that validation split, never from a test film:
   differently exposed films than the training batch as well (Tomani et al., CVPR 2021:
   post-hoc calibration under domain shift);
 - the **operating points** come from the clean validation films, as for a single network;
+- the members' convolution kernels are rounded to float16 *before* any of this is fitted, and
+  stored so: the file is half the size of float32 weights and every fitted value describes it;
 - the **uncertainty limit**: the standard deviation of the members' calibrated probabilities
   that only ``--uncertainty-quantile`` of validation films exceed; above it the app lowers the
   confidence band by one step;
@@ -46,7 +48,7 @@ from ..data import describe_split, list_samples, split_with_patients
 from ..ensemble import Ensemble
 from ..framing import LUNG_BOX_MARGIN, frame_members
 from ..lungs import LungSegmenter
-from ..model import DEFAULT_LUNG_CHECKPOINT, ModelCard, load_checkpoint
+from ..model import DEFAULT_LUNG_CHECKPOINT, ModelCard, load_checkpoint, round_kernels
 from ..ood import fit_feature_stats, mahalanobis
 from .classifier import blur_each, load_pixels, measure_latency, predict_logits, save_within_tolerance
 
@@ -183,6 +185,9 @@ def build(args: argparse.Namespace) -> ModelCard:
     if len(cards) < 2:
         raise SystemExit("An ensemble needs at least two members.")
     ensemble, member_cards = assemble(cards)
+    # Calibrate the float16 kernels that will be stored: half the file of float32 weights, and
+    # every fitted value (temperature, thresholds, OOD statistics) describes the file as shipped.
+    round_kernels(ensemble)
     out = Path(args.out)
     framing, segmenter = lung_box_framing(cards, [Path(p) for p in args.lung_box], Path(args.segmenter), out)
     ensemble = frame_members(ensemble, framing, out, member_cards[0].mean, member_cards[0].std, segmenter)
