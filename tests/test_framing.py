@@ -13,7 +13,7 @@ from PIL import Image
 from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like
 from xray_xai.classifier import Classifier
 from xray_xai.ensemble import Ensemble
-from xray_xai.framing import LungBoxFramed, crop_to_lungs, framing_box, is_framed, member_views, unframed
+from xray_xai.framing import LungBoxFramed, LungBoxFramer, crop_to_lungs, framing_box, is_framed, member_views, unframed
 from xray_xai.lungs import LungCard, LungMask, LungSegmenter, build_model
 from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
 from xray_xai.preprocess import normalize, to_model_size
@@ -62,7 +62,7 @@ def test_framed_network_sees_the_crop_the_training_copy_holds():
     torch.manual_seed(0)
     net = create_model(TINY_ARCH).eval()
     lungs = FixedLungs()
-    framed = LungBoxFramed(net, lungs, mean=0.5, std=0.25, margin=16).eval()
+    framed = LungBoxFramed(net, LungBoxFramer(lungs, mean=0.5, std=0.25, margin=16)).eval()
     films = [smooth_image_like(SIZE), np.random.default_rng(1).random((SIZE, SIZE), dtype=np.float32) * 0.6 + 0.2]
     x = torch.from_numpy(np.stack([normalize(f, 0.5, 0.25) for f in films]))[:, None]
     # what xray_xai.training.lung_crops stores, read back and prepared as training does
@@ -77,6 +77,29 @@ def test_framed_network_sees_the_crop_the_training_copy_holds():
     assert framed.get_classifier() is net.get_classifier()
     assert is_framed(Ensemble([create_model(TINY_ARCH), framed])) and not is_framed(net)
     assert unframed(framed) is net
+
+
+def test_lung_box_members_share_one_segmentation_per_batch():
+    torch.manual_seed(0)
+    nets = [create_model(TINY_ARCH).eval() for _ in range(3)]
+    shared = FixedLungs()
+    framer = LungBoxFramer(shared, mean=0.5, std=0.25)
+    ensemble = Ensemble([nets[0], LungBoxFramed(nets[1], framer), LungBoxFramed(nets[2], framer)]).eval()
+    apart = Ensemble([nets[0], *(LungBoxFramed(net, LungBoxFramer(FixedLungs(), mean=0.5, std=0.25)) for net in nets[1:])]).eval()
+    x = torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ensemble.member_logits(x), apart.member_logits(x))
+        assert shared.calls == 2  # two films, segmented once for both lung-box members
+        ensemble(x.clone())
+        assert shared.calls == 2  # the same films in another tensor: the same crops
+        x.mul_(0.5)  # the same tensor, changed in place: segmented again
+        ensemble(x)
+        assert shared.calls == 4
+    x = x.clone()
+    grad = x.clone().requires_grad_()
+    ensemble(grad).sum().backward()
+    ensemble(grad).sum().backward()  # while gradients are recorded, each member crops in its own graph
+    assert shared.calls == 4 + 2 * 2 * 2 and grad.grad is not None
 
 
 def test_member_views_name_what_each_network_sees_only_when_they_differ():

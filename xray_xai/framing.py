@@ -4,7 +4,7 @@ Borders, burned-in text, side markers and the patient's shoulders lie mostly out
 of the lungs, so a network trained on lung boxes cannot read its answer from them. Such a
 network is trained on crops made by :mod:`xray_xai.training.lung_crops`; in an ensemble it
 is wrapped in :class:`LungBoxFramed`, which segments each input film, crops it to the same box
-and resizes the crop to the input size inside the forward pass. The ensemble therefore still
+and resizes the crop to the input size inside the forward pass (:class:`LungBoxFramer`). The ensemble therefore still
 maps one whole-film batch to one logit, and everything downstream (calibration, the OOD
 features, occlusion, the faithfulness tests) sees the composite model as it is served.
 """
@@ -46,23 +46,28 @@ def crop_to_lungs(pixels: np.ndarray, segmenter: LungSegmenter, margin: int = LU
     return pixels[y0:y1, x0:x1], mask.ok
 
 
-class LungBoxFramed(nn.Module):
-    """Wraps a timm network trained on lung-box crops so that it takes whole films.
+class LungBoxFramer:
+    """Crops normalised ``(N, 1, S, S)`` whole-film batches to their lung boxes.
 
-    The input is a normalised ``(N, 1, S, S)`` batch (``(x - mean) / std`` of [0, 1] pixels,
-    as every classifier input); each film is segmented, cropped to its lung box and resized
-    back to ``S`` x ``S`` with the same bicubic filter and clipping as the training crops.
-    The box is a function of the film, so occluding or blurring a film can move it, as it
-    would in the app. Exposes the timm interface the ensemble uses.
+    Each film is de-normalised, segmented, cropped to its lung box and resized back to ``S`` x ``S``
+    with the same bicubic filter and clipping as the training crops. The lung-box members of an
+    ensemble share one framer, which keeps the crops of the last batch it saw: the members see
+    the same batch in one forward pass, so it is segmented once however many of them there are.
+    Nothing is kept while gradients are recorded.
     """
 
-    def __init__(self, net: nn.Module, segmenter: LungSegmenter, mean: float, std: float, margin: int = LUNG_BOX_MARGIN) -> None:
-        super().__init__()
-        self.net = net
-        self.segmenter = segmenter  # not a submodule: its weights belong to the lung checkpoint
-        self.mean, self.std, self.margin = mean, std, margin
+    def __init__(self, segmenter: LungSegmenter, mean: float, std: float, margin: int = LUNG_BOX_MARGIN) -> None:
+        self.segmenter, self.mean, self.std, self.margin = segmenter, mean, std, margin
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (a copy of the batch, its crops)
 
-    def frame(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # a backward pass needs crops in its own graph
+            return self._crop(x)
+        if self._last is None or self._last[0].shape != x.shape or not torch.equal(self._last[0], x):
+            self._last = (x.clone(), self._crop(x))
+        return self._last[1]
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         pixels = (x.detach().float() * self.std + self.mean).clamp(0, 1).cpu().numpy()
         lo, hi = (0 - self.mean) / self.std, (1 - self.mean) / self.std
@@ -74,6 +79,28 @@ class LungBoxFramed(nn.Module):
                 crop = F.interpolate(crop.contiguous(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
             crops.append(crop.clamp(lo, hi))
         return torch.cat(crops).contiguous(memory_format=torch.channels_last)
+
+
+class LungBoxFramed(nn.Module):
+    """Wraps a timm network trained on lung-box crops so that it takes whole films.
+
+    The input is a normalised ``(N, 1, S, S)`` batch (``(x - mean) / std`` of [0, 1] pixels,
+    as every classifier input), which ``framer`` crops to each film's lung box. The box is a
+    function of the film, so occluding or blurring a film can move it, as it would in the app.
+    Exposes the timm interface the ensemble uses.
+    """
+
+    def __init__(self, net: nn.Module, framer: LungBoxFramer) -> None:
+        super().__init__()
+        self.net = net
+        self.framer = framer  # holds the segmenter, whose weights belong to the lung checkpoint
+
+    @property
+    def segmenter(self) -> LungSegmenter:
+        return self.framer.segmenter
+
+    def frame(self, x: torch.Tensor) -> torch.Tensor:
+        return self.framer(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.frame(x))
@@ -109,15 +136,15 @@ def frame_members(
         return model
     if segmenter is None or segmenter.card.sha256 != framing.get("segmenter_sha256"):
         segmenter = framing_segmenter(framing, card_dir)
-    margin = int(framing.get("margin", LUNG_BOX_MARGIN))
+    framer = LungBoxFramer(segmenter, mean, std, int(framing.get("margin", LUNG_BOX_MARGIN)))
     if not isinstance(model, Ensemble):
         if indices != [0]:
             raise CheckpointError(f"framing.lung_box_members {indices} must be [0] for a single network.")
-        return LungBoxFramed(model, segmenter, mean, std, margin)
+        return LungBoxFramed(model, framer)
     if any(not 0 <= i < len(model.members) for i in indices):
         raise CheckpointError(f"framing.lung_box_members {indices} must name members 0 to {len(model.members) - 1}.")
     for i in indices:
-        model.members[i] = LungBoxFramed(model.members[i], segmenter, mean, std, margin)
+        model.members[i] = LungBoxFramed(model.members[i], framer)
     return model
 
 
