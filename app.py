@@ -29,7 +29,7 @@ from xray_xai.space import (
     Handlers,
     example_picker,
     examples_in,
-    preview_png,
+    preview_image,
     user_errors,
 )
 
@@ -67,7 +67,7 @@ def build_analyse_tab(handlers: Handlers) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Chest radiograph: PNG, JPEG, 16-bit PNG, TIFF, BMP, WebP or DICOM (any extension)", file_count="single", type="filepath", elem_id="upload")
-            preview = gr.Image(label="As the app reads it", format="png", interactive=False, height=260, elem_id="preview")
+            preview = gr.Image(label="As the app reads it", format="jpeg", interactive=False, height=260, elem_id="preview")
             with gr.Accordion("Settings", open=True):
                 operating_point = gr.Radio(OPERATING_POINT_CHOICES, value="balanced", label="Operating point")
                 cam_method = gr.Dropdown(CAM_CHOICES, value="gradcam", label="CAM method")
@@ -81,9 +81,9 @@ def build_analyse_tab(handlers: Handlers) -> None:
             probability = gr.HTML(elem_id="probability")
             alerts = gr.Markdown()
             with gr.Row(equal_height=True):
-                original = gr.Image(label="Radiograph", format="png", interactive=False)
-                gradcam = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="gradcam")
-                occlusion_view = gr.Image(label="Occlusion sensitivity", format="png", interactive=False, elem_id="occlusion")
+                original = gr.Image(label="Radiograph", format="jpeg", interactive=False)
+                gradcam = gr.Image(label="Grad-CAM", format="jpeg", interactive=False, elem_id="gradcam")
+                occlusion_view = gr.Image(label="Occlusion sensitivity", format="jpeg", interactive=False, elem_id="occlusion")
             similar = gr.Gallery(label="Most similar training films (the model's feature space; dataset labels)", columns=6, height=180, interactive=False, elem_id="similar")
             gr.Markdown(SIMILAR_ATTRIBUTION, elem_classes="band-help")
             legend = gr.Markdown()
@@ -104,7 +104,7 @@ def build_analyse_tab(handlers: Handlers) -> None:
     def stream(path, op, cam, occ, alpha, show_outline, show_boxes, progress=gr.Progress()):
         yield from handlers.stream(path, op, cam, occ, alpha, show_outline, show_boxes, progress)
 
-    upload.change(user_errors(preview_png), upload, preview, api_visibility="private", trigger_mode="always_last")
+    upload.change(user_errors(preview_image), upload, preview, api_visibility="private", trigger_mode="always_last")
     # Undocumented (callable, not advertised) so that benchmarks/app_latency.py can time the first answer.
     run.click(user_errors(stream), [upload, *settings], outputs, api_name="ui_analyze", api_visibility="undocumented", concurrency_id="model")
     gallery.select(example_picker(examples), None, upload, api_visibility="private").then(

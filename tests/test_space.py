@@ -29,11 +29,11 @@ from xray_xai.space import (
     example_picker,
     examples_in,
     output_dir,
-    preview_png,
+    preview_image,
     probability_html,
     ui_values,
     user_errors,
-    write_png,
+    write_image,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,9 +113,9 @@ def test_ui_values_match_outputs_and_json_download(tmp_path):
     assert len(values) == len(UI_OUTPUTS)
     named = dict(zip(UI_OUTPUTS, values))
     with Image.open(named["original"]) as original, Image.open(named["gradcam"]) as gradcam:
-        assert original.format == gradcam.format == "PNG"
+        assert original.format == gradcam.format == "JPEG"  # display copies (see the next test)
         assert (original.mode, original.size) == ("L", (90, 120)) and (gradcam.mode, gradcam.size) == ("RGB", (90, 120))
-        assert np.array_equal(np.asarray(gradcam), _result().overlays(0.5, True)["gradcam"])  # lossless
+        assert np.abs(np.asarray(gradcam, dtype=float) - _result().overlays(0.5, True)["gradcam"]).mean() < 1.0
     assert named["occlusion"] is None  # not computed yet
     assert _shown_percentages(named["probability"]) == ["93.0%", "7.0%"]
     payload = json.loads(open(named["json"]).read())
@@ -132,18 +132,29 @@ def test_first_answer_has_no_json_yet_and_the_final_one_skips_what_is_shown():
 
 def test_outputs_are_written_once_into_gradios_cache():
     """Gradio serves a file already in its cache as it is (no second copy, one retention policy)."""
-    path = write_png(np.zeros((40, 30), np.uint8))
+    path = write_image(np.zeros((40, 30), np.uint8))
     assert Path(path).parent == output_dir() and output_dir().is_relative_to(gradio.utils.get_upload_folder())
     assert gr.Image().move_resource_to_block_cache(path) == path
+
+
+def test_the_ui_shows_jpegs_that_look_like_the_lossless_pngs_the_api_returns():
+    y, x = np.mgrid[0:120, 0:160]
+    overlay = np.stack([x * 1.5, y * 2.0, (x + y) * 0.9], axis=-1).clip(0, 255).astype(np.uint8)
+    overlay[40:80, 60:100] = (220, 30, 30)  # a saturated patch: chroma subsampling would bleed it
+    with Image.open(write_image(overlay)) as png, Image.open(write_image(overlay, display=True)) as jpeg:
+        assert png.format == "PNG" and np.array_equal(np.asarray(png), overlay)
+        assert jpeg.format == "JPEG" and jpeg.size == png.size
+        error = np.abs(np.asarray(jpeg, dtype=float) - overlay)
+        assert error.mean() < 1.0 and error[38:82, 58:102].max() < 10
 
 
 def test_preview_is_the_loaders_reading_of_any_format(tmp_path):
     sixteen_bit = tmp_path / "film"  # no extension: recognised by content, like DICOMs
     Image.fromarray((np.arange(1500 * 1000, dtype=np.uint32).reshape(1500, 1000) % 65536).astype(np.uint16)).save(sixteen_bit, format="PNG")
-    with Image.open(preview_png(str(sixteen_bit))) as preview:
-        assert preview.format == "PNG" and preview.mode == "L"
+    with Image.open(preview_image(str(sixteen_bit))) as preview:
+        assert preview.format == "JPEG" and preview.mode == "L"
         assert preview.size == (round(DISPLAY_MAX_SIDE * 1000 / 1500), DISPLAY_MAX_SIDE)
-    assert preview_png(None) is None
+    assert preview_image(None) is None
 
 
 def test_unreadable_upload_gets_the_loaders_own_message(tmp_path):
@@ -153,7 +164,7 @@ def test_unreadable_upload_gets_the_loaders_own_message(tmp_path):
         load_image(heic)
     assert "HEIC" in str(loader.value)
     with pytest.raises(gr.Error) as shown:
-        user_errors(preview_png)(str(heic))
+        user_errors(preview_image)(str(heic))
     assert shown.value.message == str(loader.value)
 
 

@@ -41,6 +41,7 @@ OCCLUSION_CHOICES = list(OCCLUSION_PRESETS)
 # ``delete_cache`` of the Blocks (checked every 10 minutes, files older than an hour) is the
 # only retention policy; the folder is also emptied when the server stops.
 OUTPUT_RETENTION = (600, 3600)
+DISPLAY_JPEG = {"format": "JPEG", "quality": 95, "subsampling": 0}  # how the UI's images are written
 
 AGREEMENT_HELP = (
     "Agreement compares the Grad-CAM and occlusion maps on the occlusion grid: Spearman rank "
@@ -143,26 +144,26 @@ def write_json(result: Result) -> str:
     return path
 
 
-def write_png(image: np.ndarray | None) -> str | None:
-    """A lossless PNG of an image array, written with light compression: Gradio's own PNG
-    encoding of arrays took ~4x longer and dominated the time to the first answer."""
+def write_image(image: np.ndarray | None, display: bool = False) -> str | None:
+    """A uint8 grey or RGB image written into the app's output folder: a lossless PNG with light
+    compression, or with ``display=True`` a JPEG at quality 95 without chroma subsampling, which
+    looks the same and takes a fraction of the time to encode (~3 ms against ~20 ms for a 640-px
+    overlay) and of the bytes to send. The UI shows JPEGs; the API returns PNGs."""
     if image is None:
         return None
-    path = _output_path(".png")
-    Image.fromarray(image).save(path, compress_level=1)
+    path = _output_path(".jpg" if display else ".png")
+    Image.fromarray(image).save(path, **(DISPLAY_JPEG if display else {"compress_level": 1}))
     return path
 
 
-def preview_png(path: str | None) -> str | None:
+def preview_image(path: str | None) -> str | None:
     """The upload as the app's own loader reads it (any format it accepts, incl. DICOM and
     16-bit films), downscaled for display; nothing when the input was cleared."""
     if not path:
         return None
     preview = Image.fromarray(_uint8(load_image(path).pixels))
     preview.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
-    written = _output_path(".png")
-    preview.save(written, compress_level=1)
-    return written
+    return write_image(np.asarray(preview), display=True)
 
 
 def examples_in(folder: Path) -> list[tuple[str, str]]:
@@ -182,7 +183,7 @@ def example_picker(examples: list[tuple[str, str]]) -> Callable[[gr.SelectData],
 def gallery_value(result: Result) -> list[tuple[str, str]]:
     """The similar training films for ``gr.Gallery``: (PNG path, "LABEL · similarity · id"), most similar first."""
     return [
-        (write_png(thumbnail), f"{case.label} · similarity {case.similarity:.2f} · {case.id}")
+        (write_image(thumbnail, display=True), f"{case.label} · similarity {case.similarity:.2f} · {case.id}")
         for case, thumbnail in zip(result.analysis.similar, result.thumbnails)
     ]
 
@@ -203,9 +204,9 @@ def ui_values(
     values = {
         "badge": badge_html(analysis.prediction, analysis.ood.flagged),
         "probability": probability_html(analysis.prediction),
-        "original": None if "original" in unchanged else write_png(_uint8(result.pixels)),
-        "gradcam": write_png(overlays.get("gradcam")),
-        "occlusion": write_png(overlays.get("occlusion")),
+        "original": None if "original" in unchanged else write_image(_uint8(result.pixels), display=True),
+        "gradcam": write_image(overlays.get("gradcam"), display=True),
+        "occlusion": write_image(overlays.get("occlusion"), display=True),
         "agreement": agreement_markdown(analysis.agreement),
         "legend": legend_markdown(result),
         "alerts": alerts_markdown(result),
@@ -333,8 +334,8 @@ class Handlers:
             analysis.prediction.label,
             analysis.prediction.probability,
             analysis.prediction.band,
-            write_png(overlays["gradcam"]),
-            write_png(overlays["occlusion"]),
+            write_image(overlays["gradcam"]),
+            write_image(overlays["occlusion"]),
             payload["agreement"],
             analysis.report,
             payload,
