@@ -3,10 +3,11 @@
 Borders, burned-in text, side markers and the patient's shoulders lie mostly outside the box
 of the lungs, so a network trained on lung boxes cannot read its answer from them. Such a
 network is trained on crops made by :mod:`xray_xai.training.lung_crops`; in an ensemble it
-is wrapped in :class:`LungBoxFramed`, which segments each input film, crops it to the same box
-and resizes the crop to the input size inside the forward pass (:class:`LungBoxFramer`). The ensemble therefore still
-maps one whole-film batch to one logit, and everything downstream (calibration, the OOD
-features, occlusion, the faithfulness tests) sees the composite model as it is served.
+is wrapped in :class:`LungBoxFramed`, whose :class:`LungBoxFramer` segments each input film,
+crops it to the same box and resizes the crop to the input size inside the forward pass. The
+ensemble therefore still maps one whole-film batch to one logit, and everything downstream
+(calibration, the OOD features, occlusion, the faithfulness tests) sees the composite model as
+it is served.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class LungBoxFramer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():  # a backward pass needs crops in its own graph
             return self._crop(x)
-        if self._last is None or self._last[0].shape != x.shape or not torch.equal(self._last[0], x):
-            self._last = (x.clone(), self._crop(x))
-        return self._last[1]
+        last = self._last  # read once: another thread may replace it meanwhile
+        if last is None or last[0].shape != x.shape or not torch.equal(last[0], x):
+            last = self._last = (x.clone(), self._crop(x))
+        return last[1]
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

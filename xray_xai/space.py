@@ -181,7 +181,7 @@ def example_picker(examples: list[tuple[str, str]]) -> Callable[[gr.SelectData],
 
 
 def gallery_value(result: Result) -> list[tuple[str, str]]:
-    """The similar training films for ``gr.Gallery``: (PNG path, "LABEL · similarity · id"), most similar first."""
+    """The similar training films for ``gr.Gallery``: (JPEG path, "LABEL · similarity · id"), most similar first."""
     return [
         (write_image(thumbnail, display=True), f"{case.label} · similarity {case.similarity:.2f} · {case.id}")
         for case, thumbnail in zip(result.analysis.similar, result.thumbnails)
