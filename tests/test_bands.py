@@ -44,6 +44,9 @@ def test_band_metrics_count_accuracy_per_band_and_high_band_errors():
         "Low": {"n": 2, "accuracy": pytest.approx(0.5)},
     }
     assert metrics["high_band_error_rate"] == pytest.approx(1 / 7)
+    lo, hi = metrics["high_band_error_rate_ci95"]
+    assert lo == 0 and 1 / 7 < hi <= 3 / 7  # one wrong High answer in 7 films, resampled
+    assert band_metrics(labels, scored, card_classifier(threshold=0.05), n_bootstrap=0)["high_band_error_rate_ci95"] is None
     assert metrics["flagged"]["wrong"] == {"n": 3, "share_flagged": pytest.approx(2 / 3)}
     assert metrics["flagged"]["right"] == {"n": 4, "share_flagged": pytest.approx(2 / 4)}
     assert metrics["band_lowered"] == {"wrong": pytest.approx(1 / 3), "right": pytest.approx(1 / 4)}

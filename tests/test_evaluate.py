@@ -17,7 +17,15 @@ from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai import CLASSES
 from xray_xai.classifier import Classifier
 from xray_xai.data import list_samples
-from xray_xai.evaluation.classifier import bootstrap_auroc_ci, compute_metrics, main, paired_auroc_difference, threshold_metrics
+from xray_xai.evaluation.classifier import (
+    bootstrap_auroc_ci,
+    compute_metrics,
+    ece_interval,
+    main,
+    paired_auroc_difference,
+    share_interval,
+    threshold_metrics,
+)
 from xray_xai.imaging import load_image
 from xray_xai.model import ModelCard, save_checkpoint, sha256_file
 
@@ -94,6 +102,8 @@ def test_cli_writes_every_metric_and_plot(tiny):
     assert metrics["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-9)
     lo, hi = metrics["auroc_ci95"]
     assert 0 <= lo <= hi <= 1
+    lo, hi = metrics["ece_ci95"]
+    assert 0 <= lo <= hi <= 1
     for block, probs in ((metrics, p), (metrics["uncalibrated"], raw)):
         assert block["brier"] == pytest.approx(np.mean((probs - y) ** 2), abs=1e-4)  # batched vs one by one: float noise
         assert block["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-4)
@@ -106,6 +116,7 @@ def test_cli_writes_every_metric_and_plot(tiny):
         fn, tn = 4 - tp, 4 - fp
         assert point["confusion"] == [[tn, fp], [fn, tp]]
         assert point["accuracy"] == pytest.approx((tp + tn) / 8)
+        assert point["accuracy_ci95"] == share_interval(y, (p >= point["threshold"]) == y, 200, 0)
         assert point["sensitivity"] == pytest.approx(tp / 4) and point["specificity"] == pytest.approx(tn / 4)
         assert point["balanced_accuracy"] == pytest.approx((tp / 4 + tn / 4) / 2)
         assert point["ppv"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
@@ -213,3 +224,29 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert first != bootstrap_auroc_ci(labels, scores, 300, seed=8)
     assert first[0] < roc_auc_score(labels, scores) < first[1]
     assert bootstrap_auroc_ci(np.zeros(10), scores[:10], 100) is None
+
+
+def manual_bootstrap(labels: np.ndarray, statistic, n: int, seed: int) -> list[float]:
+    """The percentile bootstrap written out: resample films, skip one-class resamples."""
+    rng, values = np.random.default_rng(seed), []
+    for _ in range(n):
+        index = rng.integers(0, len(labels), len(labels))
+        if len(set(labels[index])) == 2:
+            values.append(statistic(index))
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def test_share_and_ece_intervals_are_the_percentile_bootstrap_of_their_statistic():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], [60, 140])
+    probs = np.clip(0.7 * labels + rng.normal(0.15, 0.2, 200), 0, 1)
+    right = (probs >= 0.5) == labels
+    accuracy = share_interval(labels, right, 400, seed=5)
+    assert accuracy == manual_bootstrap(labels, lambda i: right[i].mean(), 400, 5)
+    assert accuracy[0] < right.mean() < accuracy[1] and accuracy[1] - accuracy[0] > 0.03
+    calibration = ece_interval(labels, probs, 400, seed=5)
+    assert calibration == pytest.approx(manual_bootstrap(labels, lambda i: expected_calibration_error(probs[i], labels[i]), 400, 5))
+    assert calibration[0] < calibration[1]
+    assert share_interval(labels, np.ones(200, bool), 100) == [1.0, 1.0]
+    assert share_interval(labels, right, 0) is None and ece_interval(labels, probs, 0) is None
+    assert share_interval(labels[:0], right[:0], 100) is None

@@ -11,7 +11,10 @@ Thresholds come from the model card (fitted on validation); nothing is re-fitted
 With the balanced operating point in the card, ``metrics.json`` also holds ``bands`` (number of
 films and accuracy per confidence band, after the app lowers bands for ensemble disagreement and
 unusual input), ``high_band_error_rate`` (wrong answers in the High band / all films) and how
-often wrong and right answers are flagged. ``--blur SIGMA`` scores softer copies of the films
+often wrong and right answers are flagged. Accuracy at each operating point, ECE and
+``high_band_error_rate`` come with 95% bootstrap intervals (``*_ci95``, resampling films) like the
+AUROC, so a figure near a target can be read with its sampling error on a few hundred films.
+``--blur SIGMA`` scores softer copies of the films
 (a Gaussian blur at the model's input size) to measure robustness to acquisition shift.
 
 ``--split val`` keeps only the checkpoint's validation patients (``DIR`` = the training folder),
@@ -135,11 +138,13 @@ def score_samples(
     return Scored(kept, logits, members, unusual, failures)
 
 
-def band_metrics(labels: np.ndarray, scored: Scored, classifier: Classifier, operating_point: str = "balanced") -> dict:
+def band_metrics(
+    labels: np.ndarray, scored: Scored, classifier: Classifier, operating_point: str = "balanced", n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
     """How far the app's confidence bands (after lowering for uncertainty and unusual input)
     can be trusted at one operating point: accuracy per band, the wrong answers given in the
-    High band as a share of all films, and how often wrong and right answers are flagged
-    (a band below High or an out-of-distribution warning)."""
+    High band as a share of all films (with its bootstrap interval), and how often wrong and
+    right answers are flagged (a band below High or an out-of-distribution warning)."""
     probs = calibrated(classifier, scored.logits)
     predictions = [
         classifier.decide(float(p), operating_point, members, bool(unusual))
@@ -161,6 +166,7 @@ def band_metrics(labels: np.ndarray, scored: Scored, classifier: Classifier, ope
             name: {"n": int((bands == name).sum()), "accuracy": share(correct[bands == name])} for _, name in BANDS
         },
         "high_band_error_rate": float(((bands == "High") & ~correct).sum() / max(1, len(labels))),
+        "high_band_error_rate_ci95": share_interval(labels, (bands == "High") & ~correct, n_bootstrap, seed),
         "flagged": {
             "rule": "band below High, or an out-of-distribution warning",
             "wrong": {"n": int((~correct).sum()), "share_flagged": share(flagged[~correct])},
@@ -197,6 +203,21 @@ def bootstrap_interval(labels: np.ndarray, statistic: Callable[[np.ndarray], flo
         return None
     tail = 100 * (1 - CI_LEVEL) / 2
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def share_interval(labels: np.ndarray, hits: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval (95%) of the share of films where ``hits`` holds (an accuracy, an
+    error rate); the same resamples as the AUROC's for the same seed."""
+    hits = np.asarray(hits, dtype=bool)
+    return bootstrap_interval(np.asarray(labels), lambda i: float(hits[i].mean()), n_resamples, seed) if len(hits) else None
+
+
+def ece_interval(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval (95%) of the ECE. Binned ECE is biased upward on small samples, and
+    more so on resamples (duplicated films), so read it as the sampling spread, not an unbiased
+    range."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    return bootstrap_interval(labels, lambda i: ece(probs[i], labels[i]), n_resamples, seed) if len(labels) else None
 
 
 def bootstrap_auroc_ci(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
@@ -275,11 +296,13 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifi
         "auroc_ci95": bootstrap_auroc_ci(labels, probs, n_bootstrap, seed),
         "auprc": float(average_precision_score(labels, probs)) if ranked else None,
         "ece": ece(probs, labels),
+        "ece_ci95": ece_interval(labels, probs, n_bootstrap, seed),
         "brier": brier(probs, labels),
         "mean_probability": float(probs.mean()) if len(probs) else None,
         "uncalibrated": {"ece": ece(raw, labels), "brier": brier(raw, labels)},
         "operating_points": {
             name: threshold_metrics(labels, probs, card.operating_points[name]["threshold"])
+            | {"accuracy_ci95": share_interval(labels, (probs >= card.operating_points[name]["threshold"]) == labels, n_bootstrap, seed)}
             | {"validation": {k: card.operating_points[name][k] for k in ("sensitivity", "specificity")}}
             for name in OPERATING_POINTS
             if name in card.operating_points
@@ -366,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--versus", default=None, help="a second model card to compare with on the same images")
     parser.add_argument("--blur", type=float, default=0.0, help="score softer copies: Gaussian blur of this sigma in px at the model's input size")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
@@ -393,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = scored.labels
     metrics = compute_metrics(labels, scored.logits, classifier, args.bootstrap, args.seed)
     if "balanced" in classifier.card.operating_points:
-        metrics.update(band_metrics(labels, scored, classifier))
+        metrics.update(band_metrics(labels, scored, classifier, n_bootstrap=args.bootstrap, seed=args.seed))
     metrics.update(
         data=str(Path(args.data).resolve()),
         checkpoint=str(Path(args.checkpoint).resolve()),
@@ -411,9 +434,11 @@ def main(argv: list[str] | None = None) -> dict:
     metrics["plots"] = save_plots(out, labels, scored.logits, classifier, metrics)
     write_predictions(out / "predictions.csv", scored, calibrated(classifier, scored.logits))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "brier", "mean_probability")}
+    summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "ece_ci95", "brier", "mean_probability")}
     summary["high_band_error_rate"] = metrics.get("high_band_error_rate")
+    summary["high_band_error_rate_ci95"] = metrics.get("high_band_error_rate_ci95")
     summary["accuracy_at_balanced"] = metrics["operating_points"].get("balanced", {}).get("accuracy")
+    summary["accuracy_at_balanced_ci95"] = metrics["operating_points"].get("balanced", {}).get("accuracy_ci95")
     if "versus" in metrics:
         summary["versus"] = {k: metrics["versus"][k] for k in ("arch", "auroc", "auroc_difference")}
     print(json.dumps(summary))
