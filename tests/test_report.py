@@ -206,8 +206,10 @@ def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None
     viewed = replace(lowered, member_views=("whole film", "lung box"))
     findings = section(build_report(Analysis(viewed)), "FINDINGS")
     assert ("- Uncertainty: the ensemble's networks see the whole film or only the box around the lungs; "
-            "their P(pneumonia): whole film 1.0%, lung box 17.0% (spread") in findings
+            "their P(pneumonia): whole film 1.0%; lung box 17.0% (spread") in findings
     assert "- The 2 networks of the ensemble disagree on this film." in findings
+    three = replace(viewed, member_probabilities=(0.01, 0.17, 0.405), member_views=("whole film", "lung box", "lung box"))
+    assert "their P(pneumonia): whole film 1.0%; lung box 17.0% and 40.5% (spread" in build_report(Analysis(three))
     plain = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "High", BALANCED)))
     assert "Uncertainty" not in plain and "lowered" not in plain
 

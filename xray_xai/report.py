@@ -202,7 +202,10 @@ def _uncertainty_lines(prediction: Prediction) -> list[str]:
     if prediction.uncertainty is not None:
         members = prediction.member_probabilities
         if prediction.member_views:
-            views = ", ".join(f"{view} {percent(p)}" for view, p in zip(prediction.member_views, members))
+            by_view: dict[str, list[str]] = {}
+            for view, p in zip(prediction.member_views, members):
+                by_view.setdefault(view, []).append(percent(p))
+            views = "; ".join(f"{view} {_join(values)}" for view, values in by_view.items())
             given = f"the ensemble's networks see the whole film or only the box around the lungs; their P(pneumonia): {views}"
         else:
             given = f"the {len(members)} networks of the ensemble give P(pneumonia) from {percent(min(members))} to {percent(max(members))}"
