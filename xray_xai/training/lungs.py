@@ -37,10 +37,10 @@ from .loop import Schedule, Validation, best_weights, run_epochs
 
 @dataclass
 class LungTrainConfig:
-    encoder: str = "tu-resnet10t"
-    decoder_channels: tuple[int, ...] = (64, 32, 16, 8)
-    input_size: int = 128
-    output_size: int = 224
+    encoder: str = LungCard.encoder  # the network's shape defaults to the card's
+    decoder_channels: tuple[int, ...] = LungCard.decoder_channels
+    input_size: int = LungCard.input_size
+    output_size: int = LungCard.output_size
     epochs: int = 6
     batch_size: int = 16
     lr: float = 3e-3
