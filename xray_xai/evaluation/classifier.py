@@ -209,7 +209,7 @@ def share_interval(labels: np.ndarray, hits: np.ndarray, n_resamples: int = 1000
     """Bootstrap interval (95%) of the share of films where ``hits`` holds (an accuracy, an
     error rate); the same resamples as the AUROC's for the same seed."""
     hits = np.asarray(hits, dtype=bool)
-    return bootstrap_interval(np.asarray(labels), lambda i: float(hits[i].mean()), n_resamples, seed) if len(hits) else None
+    return bootstrap_interval(np.asarray(labels), lambda i: float(hits[i].mean()), n_resamples, seed)
 
 
 def ece_interval(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
@@ -217,7 +217,7 @@ def ece_interval(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000,
     more so on resamples (duplicated films), so read it as the sampling spread, not an unbiased
     range."""
     labels, probs = np.asarray(labels), np.asarray(probs)
-    return bootstrap_interval(labels, lambda i: ece(probs[i], labels[i]), n_resamples, seed) if len(labels) else None
+    return bootstrap_interval(labels, lambda i: ece(probs[i], labels[i]), n_resamples, seed)
 
 
 def bootstrap_auroc_ci(labels: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
@@ -252,8 +252,9 @@ def versus_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifie
     }
 
 
-def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
-    """Confusion-matrix metrics of ``p >= threshold``; undefined ratios (0/0) are ``None``."""
+def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, n_bootstrap: int = 0, seed: int = 0) -> dict:
+    """Confusion-matrix metrics of ``p >= threshold``; undefined ratios (0/0) are ``None``.
+    ``accuracy_ci95`` is the accuracy's bootstrap interval (``None`` without resamples)."""
     labels = np.asarray(labels, dtype=int)
     predicted = (np.asarray(probs) >= threshold).astype(int)
     nan = float("nan")
@@ -271,6 +272,7 @@ def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -
         }
     values = {k: _finite_or_none(v) for k, v in values.items()}
     values["confusion"] = confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    values["accuracy_ci95"] = share_interval(labels, predicted == labels, n_bootstrap, seed)
     return values
 
 
@@ -301,8 +303,7 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifi
         "mean_probability": float(probs.mean()) if len(probs) else None,
         "uncalibrated": {"ece": ece(raw, labels), "brier": brier(raw, labels)},
         "operating_points": {
-            name: threshold_metrics(labels, probs, card.operating_points[name]["threshold"])
-            | {"accuracy_ci95": share_interval(labels, (probs >= card.operating_points[name]["threshold"]) == labels, n_bootstrap, seed)}
+            name: threshold_metrics(labels, probs, card.operating_points[name]["threshold"], n_bootstrap, seed)
             | {"validation": {k: card.operating_points[name][k] for k in ("sensitivity", "specificity")}}
             for name in OPERATING_POINTS
             if name in card.operating_points
