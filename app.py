@@ -66,7 +66,7 @@ def build_analyse_tab(handlers: Handlers) -> None:
     examples = examples_in(EXAMPLES_DIR)
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.File(label="Chest radiograph: PNG, JPEG, 16-bit PNG, TIFF, BMP, WebP or DICOM (any extension)", file_count="single", type="filepath", elem_id="upload")
+            upload = gr.File(label="Chest radiograph: PNG, JPEG, 16-bit PNG, TIFF, BMP, WebP, GIF or DICOM (any extension)", file_count="single", type="filepath", elem_id="upload")
             preview = gr.Image(label="As the app reads it", format="jpeg", interactive=False, height=260, elem_id="preview")
             with gr.Accordion("Settings", open=True):
                 operating_point = gr.Radio(OPERATING_POINT_CHOICES, value="balanced", label="Operating point")

@@ -7,7 +7,7 @@ they complete, then rewritten in input order, plus a Parquet copy) and the summa
 Two engines produce :class:`Outcome` objects from ``(index, path)`` items:
 
 - :func:`run_local`: one in-process :class:`Analyzer`.
-- :func:`run_ray`: a Ray Data ``map_batches`` over a fixed pool of :class:`Analyzer` actors;
+- :func:`ray_engine`: a Ray Data ``map_batches`` over a fixed pool of :class:`Analyzer` actors;
   each actor loads the pipeline once. Input paths must be readable at the same path on every
   node (rows and overlay PNGs travel back to the driver, which alone writes ``--out``).
 """
@@ -31,13 +31,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import DISCLAIMER
-from .imaging import InputError
+from .imaging import IMAGE_SUFFIXES, InputError
 from .pipeline import Options, Pipeline, Result
 from .results import to_jsonable
 
-# Suffixes picked up when an input is a folder (DICOM is recognised by content, so DICOM
-# exports without a suffix are taken too).
-IMAGE_SUFFIXES = frozenset({"", ".png", ".jpg", ".jpeg", ".mpo", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
 MANIFEST_COLUMNS = ("path", "input", "file")  # a CSV column with one of these names holds the paths
 INTERNAL_ERROR = "Internal error while analysing this file"

@@ -16,10 +16,12 @@ from typing import TypeVar
 import numpy as np
 
 from . import CLASSES
+from .imaging import IMAGE_SUFFIXES
 
 T = TypeVar("T")
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ""}
+VAL_FRACTION, SPLIT_SEED = 0.15, 0  # the patient-level validation split every fitted value comes from
+VAL_PATIENTS_FILE = "classifier_val_patients.json"  # its patient ids, next to the model card
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),  # person123_bacteria_4.jpeg
@@ -63,7 +65,7 @@ def list_samples(root: str | Path) -> list[Sample]:
     return samples
 
 
-def split_by_patient(samples: list[Sample], val_fraction: float = 0.15, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_by_patient(samples: list[Sample], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[Sample], list[Sample]]:
     """Deterministic class-stratified split that keeps every patient on one side.
 
     Patients are grouped by the class of their images (a patient whose images carry both labels
@@ -98,7 +100,7 @@ def split_with_patients(samples: list[Sample], val_patients: set[str]) -> tuple[
 
 def validation_samples(samples: list[Sample], checkpoint: str | Path) -> list[Sample]:
     """The samples of a checkpoint's validation patients (ids saved next to its model card)."""
-    ids_path = Path(checkpoint).parent / "classifier_val_patients.json"
+    ids_path = Path(checkpoint).parent / VAL_PATIENTS_FILE
     if not ids_path.is_file():
         raise FileNotFoundError(f"The validation split needs the patient ids in {ids_path} (written by training).")
     return split_with_patients(samples, set(json.loads(ids_path.read_text())["patients"]))[1]

@@ -55,6 +55,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024  # largest upload read into memory (uncompres
 MAX_PIXELS = 36_000_000  # 6000 x 6000; the largest radiography detectors are ~4300 x 4300
 MIN_SIDE = 32  # below this a radiograph carries no usable detail (the model sees 224 px)
 SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
+# File suffixes taken when a folder is read (DICOM is recognised by content, so DICOM exports
+# without a suffix are taken too).
+IMAGE_SUFFIXES = frozenset({"", ".png", ".jpg", ".jpeg", ".mpo", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom"})
 _RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")  # JPEG includes MPO
 _COLOUR_SAMPLE_SIDE = 256  # colourfulness is measured on a thumbnail of at most this side
 

@@ -160,7 +160,7 @@ class Pipeline:
         )
         analysis = replace(analysis, report=build_report(analysis))
         thumbnails = tuple(self.similar.thumbnail(case.id) for case in analysis.similar) if self.similar is not None else ()
-        return Result(analysis, _display(image.pixels), maps, lung, x, image.pixels.shape, thumbnails)
+        return Result(analysis, display_pixels(image.pixels), maps, lung, x, image.pixels.shape, thumbnails)
 
     def complete(self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None) -> Result:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
@@ -219,8 +219,9 @@ def _synthetic_png() -> bytes:
     return buffer.getvalue()
 
 
-def _display(pixels: np.ndarray) -> np.ndarray:
-    """The upload downscaled (aspect ratio kept) so that overlays stay light to send."""
+def display_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The upload downscaled (aspect ratio kept, longest side at most ``DISPLAY_MAX_SIDE``) so that
+    the preview and the overlays stay light to send, and show at one size."""
     h, w = pixels.shape
     scale = DISPLAY_MAX_SIDE / max(h, w)
     if scale >= 1:

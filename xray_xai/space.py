@@ -22,9 +22,9 @@ from PIL import Image
 
 from . import DISCLAIMER
 from .cam import CAM_METHODS
-from .imaging import InputError, load_image
+from .imaging import SUPPORTED, InputError, load_image
 from .overlay import LEGEND
-from .pipeline import DISPLAY_MAX_SIDE, OCCLUSION_PRESETS, Options, Pipeline, Result
+from .pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
 from .report import method_name, percent
 from .results import BAND_EXPLANATION, Agreement, Prediction
 
@@ -161,9 +161,7 @@ def preview_image(path: str | None) -> str | None:
     16-bit films), downscaled for display; nothing when the input was cleared."""
     if not path:
         return None
-    preview = Image.fromarray(_uint8(load_image(path).pixels))
-    preview.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
-    return write_image(np.asarray(preview), display=True)
+    return write_image(_uint8(display_pixels(load_image(path).pixels)), display=True)
 
 
 def examples_in(folder: Path) -> list[tuple[str, str]]:
@@ -224,8 +222,8 @@ def _uint8(pixels: np.ndarray) -> np.ndarray:
     return (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _options(operating_point: str, cam_method: str, occlusion: str, explain: str = "predicted") -> Options:
-    return Options(operating_point=operating_point, cam_method=cam_method, occlusion=occlusion, explain=explain)
+def _options(operating_point: str, cam_method: str, occlusion: str) -> Options:
+    return Options(operating_point=operating_point, cam_method=cam_method, occlusion=occlusion)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -265,7 +263,7 @@ class Handlers:
     @staticmethod
     def require(path: str | None) -> str:
         if not path:
-            raise InputError("Upload a chest radiograph (PNG, JPEG, TIFF, BMP, WebP or DICOM) first.")
+            raise InputError(f"Upload a chest radiograph ({SUPPORTED}) first.")
         return path
 
     def stream(
@@ -291,7 +289,7 @@ class Handlers:
         """Classify a chest radiograph, without explanations (fast).
 
         Args:
-            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP or DICOM.
+            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP, GIF or DICOM.
             operating_point: Decision threshold: "balanced" (maximum Youden's J: the validation prevalence of pneumonia, for calibrated probabilities), "screening" (validation sensitivity >= 95%) or "rule_in" (validation specificity >= 90%).
 
         Returns:
@@ -309,7 +307,7 @@ class Handlers:
         """Classify a chest radiograph and explain the answer with Grad-CAM and occlusion.
 
         Args:
-            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP or DICOM.
+            image: The radiograph: PNG, JPEG (8 or 16 bit), TIFF, BMP, WebP, GIF or DICOM.
             operating_point: "balanced", "screening" or "rule_in".
             cam_method: CAM method: "gradcam", "hirescam", "gradcam++" or "layercam".
             occlusion: Occlusion detail: "fast" or "fine".

@@ -30,7 +30,6 @@ from ..lungs import LungSegmenter, dice, iou
 from ..model import DEFAULT_LUNG_CHECKPOINT, sha256_file
 from ..preprocess import read_dataset_image
 
-VAL_FRACTION, SPLIT_SEED = 0.15, 0  # the classifier's patient-level validation split
 REFERENCE_COLOUR, PREDICTION_COLOUR = (0, 220, 255), (255, 0, 200)
 
 
@@ -47,7 +46,7 @@ def select_split(samples: list[Sample], split: str) -> list[Sample]:
     """``all`` samples, or the ``train`` / ``val`` side of the patient-level split."""
     if split == "all":
         return samples
-    train, val = split_by_patient(samples, VAL_FRACTION, SPLIT_SEED)
+    train, val = split_by_patient(samples)
     return {"train": train, "val": val}[split]
 
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..data import Sample, list_samples, seeded_subset
-from ..evaluation.lungs import SPLIT_SEED, VAL_FRACTION, evaluate, paired, read_mask, select_split
+from ..data import SPLIT_SEED, VAL_FRACTION, Sample, describe_split, list_samples, seeded_subset
+from ..evaluation.lungs import evaluate, paired, read_mask, select_split
 from ..lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..model import save_checkpoint
 from ..preprocess import normalize, to_model_size
@@ -163,12 +163,12 @@ def train(args: argparse.Namespace) -> LungCard:
 
     best = build_model(card)
     best.load_state_dict(best_weights(work))
-    card = finalize(best, card, cfg, meta, train_pairs, val_pairs, skipped, out, args)
+    card = finalize(best, card, cfg, meta, train_pairs, val_pairs, skipped, out)
     print(json.dumps({"validation": {k: v for k, v in card.validation.items() if k != "history"}, "latency": card.latency}, indent=2), flush=True)
     return card
 
 
-def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pairs, val_pairs, skipped: int, out: Path, args) -> LungCard:
+def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pairs, val_pairs, skipped: int, out: Path) -> LungCard:
     """Save float16 weights, then score the saved checkpoint on validation through ``segment``."""
     card.training = {
         "command": " ".join(["python -m xray_xai.training.lungs"] + sys.argv[1:]),
@@ -187,7 +187,7 @@ def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pair
         "val_pairs": len(val_pairs),
         "val_patients": len({s.patient for s, _ in val_pairs}),
         "images_without_mask_skipped": skipped,
-        "split": f"patient-level, class-stratified, val_fraction={VAL_FRACTION}, seed={SPLIT_SEED} (the classifier's)",
+        "split": describe_split(VAL_FRACTION, SPLIT_SEED) + " (the classifier's)",
         "masks": "V7 Labs COVID-19 X-ray dataset lung outlines (CC BY 4.0), matched to Kermany et al. 2018",
     }
     card_path = out / "lungs.json"
