@@ -111,7 +111,7 @@ def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
 
 def test_analyze_cli_without_occlusion(checkpoint, radiograph, tmp_path):
     out = tmp_path / "out"
-    assert cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--no-occlusion"]) == 0
+    assert cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"]) == 0
     row = json.loads((out / "results.jsonl").read_text())
     assert row["ok"] and row["agreement"] is None
 
@@ -149,7 +149,7 @@ def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_p
         pipeline.analyze(broken)
     texts.append(str(error.value))
     out = tmp_path / "out"
-    cli_main(["analyze", str(path), str(broken), "--out", str(out), "--checkpoint", str(checkpoint), "--no-occlusion"])
+    cli_main(["analyze", str(path), str(broken), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"])
     texts.append((out / "results.jsonl").read_text())
     texts.append(caplog.text)
     for secret in (PHI_NAME, "Doe", "Jane", PHI_ID):

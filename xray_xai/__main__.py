@@ -50,7 +50,6 @@ def analyze(argv: list[str]) -> int:
     parser.add_argument("--operating-point", default="balanced", choices=OPERATING_POINTS)
     parser.add_argument("--cam-method", default="gradcam")
     parser.add_argument("--occlusion", default="fast", choices=["fast", "fine", "off"])
-    parser.add_argument("--no-occlusion", action="store_true", help="skip occlusion (faster); same as --occlusion off")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local: in this process; ray: Ray workers")
     parser.add_argument("--address", help="Ray cluster to join, e.g. HEAD_IP:6379 (default: start a local Ray runtime)")
@@ -63,7 +62,7 @@ def analyze(argv: list[str]) -> int:
     options = Options(
         operating_point=args.operating_point,
         cam_method=args.cam_method,
-        occlusion="off" if args.no_occlusion else args.occlusion,
+        occlusion=args.occlusion,
     ).validate()
     job = Job(args.checkpoint, args.lung_checkpoint, options, overlays=not args.no_overlays)
     inputs = expand_inputs(args.inputs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .lungs import LungMask, components, centroid_column
+from .lungs import LungMask, components, on_patient_right
 from .results import LEVELS, OUTSIDE_KEY, SIDES, Anatomy
 
 # Used for a method the lung card has no calibrated threshold for. The lung outlines include the
@@ -24,9 +24,8 @@ def lung_sides(lung_mask: np.ndarray) -> dict[str, np.ndarray]:
     """Split a lung mask into the patient's right and left lung by each region's centre column."""
     lung_mask = np.asarray(lung_mask, dtype=bool)
     sides = {side: np.zeros_like(lung_mask) for side in SIDES}
-    midline = lung_mask.shape[1] / 2
     for region in components(lung_mask):
-        sides["right" if centroid_column(region) < midline else "left"] |= region
+        sides["right" if on_patient_right(region) else "left"] |= region
     return sides
 
 

@@ -146,8 +146,10 @@ def components(mask: np.ndarray, min_fraction: float = 0.0) -> list[np.ndarray]:
     return [labels == k for k in keep]
 
 
-def centroid_column(region: np.ndarray) -> float:
-    return float(np.nonzero(region)[1].mean())
+def on_patient_right(region: np.ndarray) -> bool:
+    """Whether a region's centre lies on the image's left half, which holds the PATIENT's right
+    side (radiographs are displayed facing the viewer)."""
+    return float(np.nonzero(region)[1].mean()) < region.shape[1] / 2
 
 
 def main_lungs(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -156,10 +158,9 @@ def main_lungs(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray | None
     The image's left half holds the PATIENT's right lung (radiographs are displayed facing
     the viewer).
     """
-    midline = mask.shape[1] / 2
     left = right = None
     for region in components(mask, min_fraction):
-        if centroid_column(region) < midline:
+        if on_patient_right(region):
             left = region if left is None else left
         else:
             right = region if right is None else right
