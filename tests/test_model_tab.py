@@ -14,6 +14,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai.calibration import ece
 from xray_xai.classifier import Classifier
 from xray_xai.evaluation import model_report
 from xray_xai.model_tab import (
@@ -84,7 +85,8 @@ def test_roc_and_pr_figures_show_both_splits_with_their_areas(report_path):
 def test_reliability_and_confusion_figures(report_path):
     report = ModelReport.load(report_path)
     reliability = reliability_figure(report)
-    assert [ax.get_title().split(":")[0] for ax in reliability.axes] == ["validation", "shift_dev"]
+    assert [ax.get_title() for ax in reliability.axes] == [f"{name}: ECE {ece(s.probs, s.labels):.3f}" for name, s in report.splits.items()]
+    assert [ax.get_ylabel() for ax in reliability.axes] == ["observed pneumonia rate", ""]  # shared y axis: labelled once
     confusion = confusion_figure(report)
     assert len(confusion.axes) == 6
     val = report.splits["validation"]
@@ -139,7 +141,12 @@ def test_tab_builds_every_view_for_matching_weights(report_path):
     blocks = _components(report_path, SHA)
     kinds = [type(b).__name__ for b in blocks]
     assert kinds.count("Plot") == 4 and kinds.count("Dataframe") == 2 and kinds.count("Gallery") == 1
-    assert all(b.value is not None for b in blocks if isinstance(b, (gr.Plot, gr.Dataframe, gr.Gallery)))
+    report = ModelReport.load(report_path)
+    values = {b.elem_id: b.value for b in blocks if isinstance(b, (gr.Plot, gr.Dataframe, gr.Gallery))}
+    assert all(values[f"model-{name}"]["plot"].startswith("data:image/") for name in ("roc", "pr", "reliability", "confusion"))
+    assert values["model-bands"]["data"] == bands_table(report).values.tolist()
+    assert [row[0] for row in values["model-explorer"]["data"]] == ["validation", "shift_dev"]
+    assert [item["caption"] for item in values["model-errors"]] == [caption for _, caption in gallery_items(report)]
 
 
 def test_stale_or_missing_report_is_refused(report_path, tmp_path):

@@ -20,8 +20,9 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from . import CLASSES
 from .behaviour import band_rows, curves, predictive_values, rates_at
-from .calibration import OPERATING_POINTS, ece, reliability_bins
+from .calibration import OPERATING_POINTS
 from .model_report import DEFAULT_REPORT, ModelReport, report_problem
+from .plots import reliability_panel
 from .report import percent
 
 SPLIT_HELP = (
@@ -79,12 +80,8 @@ def reliability_figure(report: ModelReport, n_bins: int = 15) -> Figure:
     fig = Figure(figsize=(9, 4.2), layout="constrained")
     axes = fig.subplots(1, len(report.splits), sharey=True)
     for ax, (name, split) in zip(axes, report.splits.items()):
-        bins = [b for b in reliability_bins(split.probs, split.labels, n_bins) if b["count"]]
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=1 / n_bins, align="edge", alpha=0.45, color=COLOURS[name], edgecolor="k")
-        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[12 + 2 * b["count"] ** 0.75 for b in bins], color="k", zorder=3)
-        ax.set(xlabel="predicted P(pneumonia)", title=f"{name}: ECE {ece(split.probs, split.labels, n_bins):.3f}", xlim=(0, 1), ylim=(0, 1))
-    axes[0].set_ylabel("observed pneumonia rate")
+        reliability_panel(ax, split.probs, split.labels, name, bar_colour=COLOURS[name], dot_colour="k", n_bins=n_bins)
+        ax.label_outer()
     return fig
 
 

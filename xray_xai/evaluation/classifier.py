@@ -58,12 +58,13 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
-from ..calibration import OPERATING_POINTS, brier, ece, reliability_bins, sigmoid  # noqa: E402
+from ..calibration import OPERATING_POINTS, brier, ece, sigmoid  # noqa: E402
 from ..classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, validation_samples  # noqa: E402
 from ..imaging import InputError, LoadedImage, load_image  # noqa: E402
 from ..model import DEFAULT_CHECKPOINT  # noqa: E402
 from ..ood import assess_ood  # noqa: E402
+from ..plots import reliability_panel  # noqa: E402
 from ..results import BANDS  # noqa: E402
 
 CI_LEVEL = 0.95
@@ -354,15 +355,9 @@ def save_plots(out: Path, labels: np.ndarray, logits: np.ndarray, classifier: Cl
         save(fig, "pr.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharey=True)
-    for ax, (title, p, value) in zip(
-        axes, (("before temperature", sigmoid(logits), metrics["uncalibrated"]["ece"]), (f"after (T={classifier.card.temperature:.2f})", probs, metrics["ece"]))
-    ):
-        bins = [b for b in reliability_bins(p, labels) if b["count"]]
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=1 / 15, align="edge", alpha=0.5, edgecolor="k")
-        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[10 + 2 * b["count"] ** 0.75 for b in bins], color="C3", zorder=3)
-        ax.set(xlabel="predicted P(pneumonia)", title=f"{title}: ECE {value:.3f}", xlim=(0, 1), ylim=(0, 1))
-    axes[0].set_ylabel("observed pneumonia rate")
+    for ax, (title, p) in zip(axes, (("before temperature", sigmoid(logits)), (f"after (T={classifier.card.temperature:.2f})", probs))):
+        reliability_panel(ax, p, labels, title, bar_colour="C0", dot_colour="C3")
+        ax.label_outer()
     save(fig, "reliability.png")
 
     for name, point in points.items():
