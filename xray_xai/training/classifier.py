@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .. import CLASSES
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import Sample, describe_split, list_samples, seeded_subset, split_by_patient, validation_samples
+from ..data import SPLIT_SEED, VAL_FRACTION, VAL_PATIENTS_FILE, Sample, describe_split, list_samples, seeded_subset, split_by_patient, validation_samples
 from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
 from ..ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
@@ -58,7 +58,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     ema_decay: float = 0.998
     drop_rate: float = 0.2
-    val_fraction: float = 0.15
+    val_fraction: float = VAL_FRACTION
     seed: int = 0
     max_rotation_deg: float = 10.0
     max_translation: float = 0.08
@@ -71,8 +71,7 @@ class TrainConfig:
     noise: float = 0.0  # additive Gaussian noise of std U(0, noise), on half of each batch
     featureless: float = 0.0  # share of each batch blurred flat (sigma U(8, 16) px) with target FEATURELESS_TARGET
     mixup: float = 0.0  # Beta(mixup, mixup) weights for blending each film and its target with another of the batch (0 = off)
-    horizontal_flip: bool = False
-    split_seed: int = 0  # the validation patients; members of an ensemble share it and differ in ``seed``
+    split_seed: int = SPLIT_SEED  # the validation patients; members of an ensemble share it and differ in ``seed``
     init: str = ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
 
 
@@ -92,10 +91,9 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     post-processing vary; in the training set pneumonia films are on average blurrier than
     normal ones, so global sharpness would otherwise be a shortcut), plus, as options, a
     label-keeping Gaussian blur of up to ``blur`` px and sensor noise, for films from softer or
-    noisier acquisitions than the training batch. No horizontal flip by
-    default: chest anatomy is not left-right symmetric (heart, aortic arch, gastric bubble, the
-    side marker), a mirrored film is not a realistic input, and the report names the patient's
-    side from the map.
+    noisier acquisitions than the training batch. No horizontal flip: chest anatomy is not
+    left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film is
+    not a realistic input, and the report names the patient's side from the map.
     """
     n = batch.shape[0]
 
@@ -107,9 +105,6 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     shift = uniform(-cfg.max_translation, cfg.max_translation), uniform(-cfg.max_translation, cfg.max_translation)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
-    if cfg.horizontal_flip:
-        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-        theta[:, :, 0] *= flip[:, None]
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg.gamma > 0:
@@ -280,17 +275,17 @@ def train(args: argparse.Namespace) -> ModelCard:
     with torch.no_grad():
         best.get_classifier().bias += prior_correction
     meta["prior_correction"] = prior_correction
-    card = finalize(best, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_set, out, args)
+    card = finalize(best, cfg, meta, x_train, x_val, y_train, y_val, val_set, out)
     print(json.dumps({"validation": card.validation, "operating_points": card.operating_points}, indent=2), flush=True)
     return card
 
 
-def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_set, out: Path, args) -> ModelCard:
+def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Path) -> ModelCard:
     """Calibrate on validation, fit the OOD statistics, measure latency and write the checkpoint."""
     val_logits, val_feats = predict_logits(model, x_val, features=True)
     _, train_feats = predict_logits(model, x_train, features=True)
     temperature = fit_temperature(val_logits, y_val)
-    raw_p, cal_p = sigmoid(val_logits), sigmoid(val_logits / temperature)
+    cal_p = sigmoid(val_logits / temperature)
     feat_mean, feat_precision = fit_feature_stats(train_feats)
     val_distance = mahalanobis(val_feats, feat_mean, feat_precision)
     mean, std = NORMALISATION
@@ -305,12 +300,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
         validation={
             "n": int(len(y_val)),
             "auroc": float(roc_auc_score(y_val, cal_p)),
-            "nll_before": nll(raw_p, y_val),
-            "nll_after": nll(cal_p, y_val),
-            "ece_before": ece(raw_p, y_val),
-            "ece_after": ece(cal_p, y_val),
-            "brier_before": brier(raw_p, y_val),
-            "brier_after": brier(cal_p, y_val),
+            **calibration_metrics(val_logits, y_val, temperature),
             "selected": meta["best"],
             "history": meta["history"],
         },
@@ -343,10 +333,24 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, train_set, val_se
     )
     extras = {"ood_mean": torch.from_numpy(feat_mean), "ood_precision": torch.from_numpy(feat_precision)}
     card = save_within_tolerance(model, card, out / "classifier.json", extras, x_val, cal_p)
-    (out / "classifier_val_patients.json").write_text(
+    (out / VAL_PATIENTS_FILE).write_text(
         json.dumps({"seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
     )
     return card
+
+
+def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
+    """NLL, ECE and Brier score of validation probabilities before and after the temperature: the
+    model card's evidence that calibration helped (the same keys for single networks and ensembles)."""
+    raw, calibrated = sigmoid(logits), sigmoid(logits / temperature)
+    return {
+        "nll_before": nll(raw, labels),
+        "nll_after": nll(calibrated, labels),
+        "ece_before": ece(raw, labels),
+        "ece_after": ece(calibrated, labels),
+        "brier_before": brier(raw, labels),
+        "brier_after": brier(calibrated, labels),
+    }
 
 
 def save_within_tolerance(model, card: ModelCard, card_path: Path, extras: dict, x_val: torch.Tensor, cal_p: np.ndarray) -> ModelCard:

@@ -43,14 +43,14 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import describe_split, list_samples, split_with_patients
+from ..calibration import ece, fit_temperature, nll, operating_points, sigmoid
+from ..data import VAL_PATIENTS_FILE, describe_split, list_samples, split_with_patients
 from ..ensemble import Ensemble
 from ..framing import LUNG_BOX_MARGIN, frame_members
 from ..lungs import LungSegmenter
 from ..model import DEFAULT_LUNG_CHECKPOINT, ModelCard, load_checkpoint, round_kernels
 from ..ood import fit_feature_stats, mahalanobis
-from .classifier import blur_each, load_pixels, measure_latency, predict_logits, save_within_tolerance
+from .classifier import blur_each, calibration_metrics, load_pixels, measure_latency, predict_logits, save_within_tolerance
 
 # Perturbations of the validation films that the temperature must hold on: softer films
 # (Gaussian blur, px at 224), noisier films and other exposures (gamma). Clean films are always included.
@@ -88,7 +88,7 @@ def closest_member(member_logits: np.ndarray, temperature: float, excluded: Sequ
 
 def shared_validation_patients(cards: list[Path]) -> set[str]:
     """The validation patients of every member, which must be the same set."""
-    sets = [frozenset(json.loads((card.parent / "classifier_val_patients.json").read_text())["patients"]) for card in cards]
+    sets = [frozenset(json.loads((card.parent / VAL_PATIENTS_FILE).read_text())["patients"]) for card in cards]
     if len(set(sets)) != 1:
         raise SystemExit("The members were validated on different patients: one member's validation films were another's training films.")
     return set(sets[0])
@@ -221,12 +221,7 @@ def build(args: argparse.Namespace) -> ModelCard:
         validation={
             "n": int(len(y_val)),
             "auroc": float(roc_auc_score(y_val, clean_p)),
-            "nll_before": nll(sigmoid(logits["clean"]), y_val),
-            "nll_after": nll(clean_p, y_val),
-            "ece_before": ece(sigmoid(logits["clean"]), y_val),
-            "ece_after": ece(clean_p, y_val),
-            "brier_before": brier(sigmoid(logits["clean"]), y_val),
-            "brier_after": brier(clean_p, y_val),
+            **calibration_metrics(logits["clean"], y_val, temperature),
             "perturbed": calibration_report(logits, y_val, temperature),
             "members_auroc": [float(roc_auc_score(y_val, sigmoid(z))) for z in val_member_logits.T],
         },
@@ -260,9 +255,9 @@ def build(args: argparse.Namespace) -> ModelCard:
     )
     extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
     card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
-    split = json.loads((cards[0].parent / "classifier_val_patients.json").read_text())
+    split = json.loads((cards[0].parent / VAL_PATIENTS_FILE).read_text())
     split["seed"] = split_seed(first, split.get("seed"))
-    (out / "classifier_val_patients.json").write_text(json.dumps(split, indent=1) + "\n")
+    (out / VAL_PATIENTS_FILE).write_text(json.dumps(split, indent=1) + "\n")
     return card
 
 
