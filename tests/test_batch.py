@@ -174,9 +174,10 @@ def test_resume_analyses_only_new_inputs_and_keeps_input_order(films, job, tmp_p
     assert counter.calls == [] and [row["input"] for row in jsonl(out)] == films
 
 
-def test_ray_options_need_the_ray_engine(films, tmp_path):
-    with pytest.raises(SystemExit):
+def test_ray_options_need_the_ray_engine(films, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
         cli_main(["analyze", films[0], "--out", str(tmp_path), "--workers", "2"])
+    assert refused.value.code == 2 and "--address and --workers need --engine ray" in capsys.readouterr().err
 
 
 def test_a_crashing_file_is_one_error_row(films, job, checkpoint, tmp_path, monkeypatch):

@@ -44,7 +44,8 @@ def test_shape_and_range(model, image, method, target_class):
 
 def test_target_layer_is_last_block_of_last_stage(model):
     assert find_target_layer(model) is model.layer4[-1]
-    assert find_target_layer(create_model("resnet26d")) is not None
+    deep = create_model("resnet26d")  # two blocks in layer4, so the last is not also the first
+    assert len(deep.layer4) > 1 and find_target_layer(deep) is deep.layer4[-1]
     with pytest.raises(CamError, match="layer4"):
         find_target_layer(nn.Sequential(nn.Conv2d(1, 1, 3)))
 

@@ -171,7 +171,7 @@ def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, m
     assert (occlusion(focused) != occlusion(whole)) == ok  # the restricted map ranks pixels differently
 
 
-def test_cli_scores_the_chosen_maps_only(tiny, tmp_path):
+def test_cli_scores_the_chosen_maps_only(tiny, tmp_path, capsys):
     root, checkpoint, data = tiny
     default = run(root, checkpoint, data, tmp_path / "default")
     chosen = run(root, checkpoint, data, tmp_path / "chosen", "--maps", "hirescam", "gradcam", "layercam", "gradcam")
@@ -179,5 +179,7 @@ def test_cli_scores_the_chosen_maps_only(tiny, tmp_path):
     assert chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]  # same map, same figures
     assert chosen["methods"]["random"]["per_image"] == default["methods"]["random"]["per_image"]
     assert chosen["settings"]["occlusion"] is None
-    with pytest.raises(SystemExit):  # nothing for --lung-focus to restrict
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # nothing for --lung-focus to restrict
         run(root, checkpoint, data, tmp_path / "nothing", "--maps", "gradcam", "--lung-focus")
+    assert refused.value.code == 2 and "--lung-focus restricts the occlusion map" in capsys.readouterr().err

@@ -12,10 +12,19 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from xray_xai.imaging import InputError, LoadedImage, load_image
+from xray_xai.imaging import MIN_SIDE, InputError, LoadedImage, load_image
 from xray_xai.preprocess import preprocess
 
 CORPUS = build_corpus()
+CHEST = (96, 120)  # the corpus's chest film, (height, width)
+WELL_FORMED = {  # corpus files whose pixels are intact and large enough: each must load, at this shape
+    **dict.fromkeys(["dicom_multiframe.dcm", "dicom_bare.dcm", "dicom_rle.dcm", "dicom_jpeg.dcm", "dicom_bad_window.dcm",
+                     "animated.gif", "multipage.tif", "bilevel.png", "la.png", "rgba_transparent.png", "cmyk.jpg",
+                     "exif_garbage.jpg", "bmp.png"], CHEST),
+    **dict.fromkeys(["all_black.png", "all_white.jpg", "all_zero_16bit.png", "all_max_16bit.png", "extremes_16bit.png",
+                     "float_nan.tif", "float_inf.tif", "float_huge_range.tif"], (64, 64)),
+    "noise.png": (128, 128), "extreme_aspect.png": (32, 4000), "extreme_aspect_tall.png": (3000, 32),
+}
 
 
 def _check_loaded(image: LoadedImage) -> None:
@@ -42,11 +51,14 @@ def _load_or_input_error(data: bytes) -> LoadedImage | None:
 def test_corpus_is_large_and_varied():
     assert len(CORPUS) >= 60
     assert len({name for name, _ in CORPUS}) == len(CORPUS)
+    assert set(WELL_FORMED) <= {name for name, _ in CORPUS}  # a renamed file is not silently left unchecked
 
 
 @pytest.mark.parametrize("name,data", CORPUS, ids=[name for name, _ in CORPUS])
 def test_every_corpus_file_loads_or_raises_input_error(name, data):
-    _load_or_input_error(data)
+    image = _load_or_input_error(data)
+    if name in WELL_FORMED:
+        assert image is not None and image.pixels.shape == WELL_FORMED[name]
 
 
 @pytest.mark.parametrize(
@@ -139,7 +151,9 @@ def test_random_arrays_round_trip_or_fail_cleanly(case):
 )
 def test_random_dicoms_load_or_fail_cleanly(stored, photometric, slope, window, bits):
     data = dicom_bytes(stored, photometric=photometric, slope=slope, intercept=3.0, window=window, bits_stored=bits)
-    _load_or_input_error(data)
+    image = _load_or_input_error(data)
+    if min(stored.shape) >= MIN_SIDE:  # intact pixels, large enough: odd header values are noted or ignored, never refused
+        assert image is not None and image.pixels.shape == stored.shape
 
 
 @settings(max_examples=100, deadline=None)

@@ -22,7 +22,6 @@ from xray_xai.results import (
     OODResult,
     OperatingPoint,
     Prediction,
-    confidence_band,
 )
 
 ZONES = ("right upper", "right middle", "right lower", "left upper", "left middle", "left lower")

@@ -134,10 +134,11 @@ def test_missing_index_is_silent_and_tampered_index_is_refused(built, tmp_path, 
     assert load_matching(card_path, sha) is not None
 
 
-def test_thumbnail_size_is_capped(built, tmp_path):
+def test_thumbnail_size_is_capped(built, tmp_path, capsys):
     checkpoint, data, _ = built
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         build_main(["--data", str(data), "--out", str(tmp_path), "--checkpoint", str(checkpoint), "--thumbnail-size", "129"])
+    assert refused.value.code == 2 and "--thumbnail-size must be between 1 and 128" in capsys.readouterr().err
 
 
 def _cases(labels: str) -> tuple[SimilarCase, ...]:
