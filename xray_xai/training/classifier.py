@@ -342,15 +342,8 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
     """NLL, ECE and Brier score of validation probabilities before and after the temperature: the
     model card's evidence that calibration helped (the same keys for single networks and ensembles)."""
-    raw, calibrated = sigmoid(logits), sigmoid(logits / temperature)
-    return {
-        "nll_before": nll(raw, labels),
-        "nll_after": nll(calibrated, labels),
-        "ece_before": ece(raw, labels),
-        "ece_after": ece(calibrated, labels),
-        "brier_before": brier(raw, labels),
-        "brier_after": brier(calibrated, labels),
-    }
+    probs = {"before": sigmoid(logits), "after": sigmoid(logits / temperature)}
+    return {f"{name}_{when}": score(p, labels) for name, score in (("nll", nll), ("ece", ece), ("brier", brier)) for when, p in probs.items()}
 
 
 def save_within_tolerance(model, card: ModelCard, card_path: Path, extras: dict, x_val: torch.Tensor, cal_p: np.ndarray) -> ModelCard:
