@@ -229,7 +229,7 @@ class LungSegmenter:
     @classmethod
     def load(cls, card_path: str | Path = DEFAULT_LUNG_CHECKPOINT) -> "LungSegmenter":
         """Load ``lungs.json`` and its weights (sha256-checked; raises CheckpointError)."""
-        model, _, _ = load_checkpoint(card_path, model_factory=lambda arch: build_model(LungCard.from_json(card_path)))
+        model, _, _ = load_checkpoint(card_path, model_factory=lambda arch, **_: build_model(LungCard.from_json(card_path)))
         return cls(model, LungCard.from_json(card_path))
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:

@@ -53,6 +53,7 @@ class ModelCard:
     weights_dtype: str = "float16"
     members: int = 1  # > 1: a mean-logit ensemble of that many ``arch`` networks (xray_xai.ensemble)
     framing: dict[str, Any] = field(default_factory=dict)  # members that see lung-box crops (xray_xai.framing)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to create_model, e.g. {"output_stride": 16}
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelCard":
@@ -157,7 +158,8 @@ def load_checkpoint(
     tensors = load_file(str(verified_file(card_path, card.weights, card.sha256)))
     state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    model = model_factory(card.arch) if card.members == 1 else Ensemble([model_factory(card.arch) for _ in range(card.members)])
+    build = lambda: model_factory(card.arch, **card.model_kwargs)  # noqa: E731
+    model = build() if card.members == 1 else Ensemble([build() for _ in range(card.members)])
     model.load_state_dict(state)
     if card.framing:
         from .framing import frame_members

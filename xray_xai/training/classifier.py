@@ -34,6 +34,7 @@ from ..data import SPLIT_SEED, VAL_FRACTION, VAL_PATIENTS_FILE, Sample, describe
 from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
 from ..ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
+from .guidance import MASK_DILATION, class_activation_map, dilate, load_masks, outside_share
 from .loop import Schedule, Validation, best_weights, run_epochs
 
 NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
@@ -73,6 +74,10 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(mixup, mixup) weights for blending each film and its target with another of the batch (0 = off)
     split_seed: int = SPLIT_SEED  # the validation patients; members of an ensemble share it and differ in ``seed``
     init: str = ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
+    output_stride: int = 32  # 16: a dilated last stage, a 14x14 feature grid at 224 px (finer maps)
+    lung_guidance: float = 0.0  # weight of the share of |CAM| outside the dilated lung mask (training.guidance; 0 = off)
+    mask_dilation: int = MASK_DILATION  # px at 224 added around each reference lung mask for the guidance
+    bf16: bool = False  # forward and backward under bfloat16 autocast (validation and the saved model stay float32)
 
 
 def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
@@ -84,44 +89,54 @@ def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
 
 
 def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Radiograph-safe augmentation of [0, 1] pixels, batched with one ``grid_sample``.
+    """Radiograph-safe augmentation of [0, 1] pixels: :func:`warp` then :func:`photometric`.
 
-    Small rotation, translation and scale (patient positioning varies), gamma, brightness and
-    contrast (exposure and processing vary), and a random blur-or-sharpen (detector and
-    post-processing vary; in the training set pneumonia films are on average blurrier than
-    normal ones, so global sharpness would otherwise be a shortcut), plus, as options, a
-    label-keeping Gaussian blur of up to ``blur`` px and sensor noise, for films from softer or
-    noisier acquisitions than the training batch. No horizontal flip: chest anatomy is not
-    left-right symmetric (heart, aortic arch, gastric bubble, the side marker), a mirrored film is
-    not a realistic input, and the report names the patient's side from the map.
+    No horizontal flip: chest anatomy is not left-right symmetric (heart, aortic arch, gastric
+    bubble, the side marker), a mirrored film is not a realistic input, and the report names
+    the patient's side from the map.
     """
+    return photometric(warp(batch, cfg, generator), cfg, generator)
+
+
+def warp(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Small rotation, translation and scale (patient positioning varies), batched with one
+    ``grid_sample``; every channel moves alike, so a lung mask stacked on a film stays on it."""
     n = batch.shape[0]
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
-
-    angle = torch.deg2rad(uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg))
-    scale = uniform(*cfg.scale_range)
-    shift = uniform(-cfg.max_translation, cfg.max_translation), uniform(-cfg.max_translation, cfg.max_translation)
+    angle = torch.deg2rad(_uniform(n, -cfg.max_rotation_deg, cfg.max_rotation_deg, generator))
+    scale = _uniform(n, *cfg.scale_range, generator)
+    shift = _uniform(n, -cfg.max_translation, cfg.max_translation, generator), _uniform(n, -cfg.max_translation, cfg.max_translation, generator)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def photometric(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Gamma, brightness and contrast (exposure and processing vary), and a random
+    blur-or-sharpen (detector and post-processing vary; in the training set pneumonia films are
+    on average blurrier than normal ones, so global sharpness would otherwise be a shortcut),
+    plus, as options, a label-keeping Gaussian blur of up to ``blur`` px and sensor noise, for
+    films from softer or noisier acquisitions than the training batch."""
+    n, out = batch.shape[0], batch
     if cfg.gamma > 0:
-        out = out.clamp_min(0) ** torch.exp(uniform(-cfg.gamma, cfg.gamma)).view(n, 1, 1, 1)
+        out = out.clamp_min(0) ** torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, generator)).view(n, 1, 1, 1)
     if cfg.sharpness > 0:
         blurred = gaussian_blur(out, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
-        out = blurred + (1 + uniform(-cfg.sharpness, cfg.sharpness)).view(n, 1, 1, 1) * (out - blurred)
+        out = blurred + (1 + _uniform(n, -cfg.sharpness, cfg.sharpness, generator)).view(n, 1, 1, 1) * (out - blurred)
     if cfg.blur > 0:
-        sigma = torch.where(torch.rand(n, generator=generator) < 0.5, uniform(0, cfg.blur), torch.zeros(n))
+        sigma = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, cfg.blur, generator), torch.zeros(n))
         out = blur_each(out, sigma)
     if cfg.noise > 0:
-        std = torch.where(torch.rand(n, generator=generator) < 0.5, uniform(0, cfg.noise), torch.zeros(n))
+        std = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, cfg.noise, generator), torch.zeros(n))
         out = out + std.view(n, 1, 1, 1) * torch.randn(out.shape, generator=generator)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
-    brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(n, 1, 1, 1)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).view(n, 1, 1, 1)
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
 
 
 def flatten_some(batch: torch.Tensor, share: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +235,8 @@ def train(args: argparse.Namespace) -> ModelCard:
         arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         brightness=args.brightness, contrast=args.contrast, gamma=args.gamma, sharpness=args.sharpness,
         blur=args.blur, noise=args.noise, featureless=args.featureless, mixup=args.mixup, split_seed=args.split_seed, init=args.init or "",
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, output_stride=args.output_stride, lung_guidance=args.lung_guidance,
+        mask_dilation=args.mask_dilation, bf16=args.bf16,
         max_rotation_deg=args.rotation, max_translation=args.translation, scale_range=(1 - args.scale, 1 + args.scale),
     )
     torch.manual_seed(cfg.seed)
@@ -234,8 +250,15 @@ def train(args: argparse.Namespace) -> ModelCard:
           f"{len({s.patient for s in val_set})} val patients", flush=True)
     x_train = load_pixels(train_set, cfg.input_size, "decode train")
     x_val = load_pixels(val_set, cfg.input_size, "decode val")
+    if cfg.lung_guidance > 0:
+        if cfg.mixup > 0:
+            raise SystemExit("--lung-guidance cannot be combined with --mixup (a blend of two films has no one lung mask).")
+        masks, has_mask = load_masks(train_set, Path(args.lung_masks) / "train", cfg.input_size)
+        masks = dilate(masks, cfg.mask_dilation).to(torch.float16)
+        print(f"lung guidance: {int(has_mask.sum())} of {len(train_set)} training films have a reference mask", flush=True)
 
-    model = create_model(cfg.arch, drop_rate=cfg.drop_rate)
+    model_kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
+    model = create_model(cfg.arch, drop_rate=cfg.drop_rate, **model_kwargs)
     if cfg.init:
         # Its validation patients must be ours, or validation images were in its training set.
         if {s.patient for s in validation_samples(samples, cfg.init)} != {s.patient for s in val_set}:
@@ -248,14 +271,28 @@ def train(args: argparse.Namespace) -> ModelCard:
     pos_weight = torch.tensor((len(y_train) - y_train.sum()) / max(1, y_train.sum()), dtype=torch.float32)
 
     def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        pixels = augment(x_train[index].float(), cfg, generator)
+        if cfg.lung_guidance > 0:
+            warped = warp(torch.cat([x_train[index].float(), masks[index].float()], dim=1), cfg, generator)
+            pixels, batch_masks = photometric(warped[:, :1], cfg, generator), warped[:, 1:] > 0.5
+        else:
+            pixels = augment(x_train[index].float(), cfg, generator)
         featureless = torch.zeros(len(index), dtype=torch.bool)
         if cfg.featureless > 0:
             pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
         y = soft_target(torch.from_numpy(y_train[index.numpy()]).float(), featureless)
         if cfg.mixup > 0:
             pixels, y = mix(pixels, y, cfg.mixup, generator)
-        return F.binary_cross_entropy_with_logits(model(to_input(pixels)).squeeze(1), y, pos_weight=pos_weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            features = model.forward_features(to_input(pixels))
+            logits = model.forward_head(features).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+        if cfg.lung_guidance > 0:
+            # Films with a reference mask and real structure (a film blurred flat has no evidence to place).
+            guided = has_mask[index] & ~featureless
+            if guided.any():
+                cam = class_activation_map(features.float()[guided], model.get_classifier())
+                loss = loss + cfg.lung_guidance * outside_share(cam, batch_masks[guided]).mean()
+        return loss
 
     def validate(candidates: dict[str, torch.nn.Module]) -> Validation:
         auroc = {name: float(roc_auc_score(y_val, predict_logits(m, x_val))) for name, m in candidates.items()}
@@ -266,7 +303,7 @@ def train(args: argparse.Namespace) -> ModelCard:
                       config=asdict(cfg), n_train=len(train_set), batch_loss=batch_loss, validate=validate,
                       best_key="best_auroc", same_run=same_run)
 
-    best = create_model(cfg.arch, drop_rate=cfg.drop_rate)
+    best = create_model(cfg.arch, drop_rate=cfg.drop_rate, **model_kwargs)
     best.load_state_dict(best_weights(work))
     best.eval().to(memory_format=torch.channels_last)
     # Prior correction: the class-balanced loss trains logits that are log(pos_weight) off the
@@ -291,6 +328,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
     mean, std = NORMALISATION
     card = ModelCard(
         arch=cfg.arch,
+        model_kwargs={"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {},
         input_size=cfg.input_size,
         mean=mean,
         std=std,
@@ -387,6 +425,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rotation", type=float, default=defaults.max_rotation_deg, help="augmentation: rotation in +- this many degrees")
     parser.add_argument("--translation", type=float, default=defaults.max_translation, help="augmentation: shift in +- this fraction of the side")
     parser.add_argument("--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this")
+    parser.add_argument("--output-stride", type=int, choices=(16, 32), default=defaults.output_stride,
+                        help="16: a dilated last stage with a 14x14 feature grid (finer maps, slower)")
+    parser.add_argument("--lung-masks", default="../shared/data/lung_masks", help="folder with train/{NORMAL,PNEUMONIA}/NAME.png lung masks")
+    parser.add_argument("--lung-guidance", type=float, default=defaults.lung_guidance,
+                        help="weight of the share of |CAM| outside the dilated reference lung mask (0 = off)")
+    parser.add_argument("--mask-dilation", type=int, default=defaults.mask_dilation, help="px at 224 added around each lung mask")
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (much faster on CPUs with AMX)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--limit", type=int, default=0, help="use only this many images (smoke tests)")
     return parser.parse_args(argv)
