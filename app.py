@@ -17,11 +17,11 @@ import torch
 
 from xray_xai import DISCLAIMER
 from xray_xai.imaging import MAX_FILE_BYTES
-from xray_xai.model_tab import build_model_tab
+from xray_xai.ui.model_tab import build_model_tab
 from xray_xai.pipeline import OCCLUSION_PRESETS, Pipeline
 from xray_xai.results import BAND_EXPLANATION
-from xray_xai.similar import ATTRIBUTION as SIMILAR_ATTRIBUTION
-from xray_xai.space import (
+from xray_xai.models.similar import ATTRIBUTION as SIMILAR_ATTRIBUTION
+from xray_xai.ui.handlers import (
     CAM_CHOICES,
     OCCLUSION_CHOICES,
     OPERATING_POINT_CHOICES,

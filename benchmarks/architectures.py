@@ -3,9 +3,9 @@
     python benchmarks/architectures.py [--repeats 15]
 
 Each candidate is a randomly initialised timm ResNet at 224 px built by
-:func:`xray_xai.model.create_model` (latency does not depend on the weights), run through the
+:func:`xray_xai.models.factory.create_model` (latency does not depend on the weights), run through the
 app's own code paths on one normalised image with 2 torch threads: the prediction (a batch-1
-forward in inference mode), the Grad-CAM map (:func:`xray_xai.cam.compute_cam`, forward and
+forward in inference mode), the Grad-CAM map (:func:`xray_xai.explain.cam.compute_cam`, forward and
 backward) and the fast occlusion preset. The candidates run interleaved within each repeat
 and medians are reported, so background load affects them alike. Last stdout line: one JSON
 object with milliseconds per candidate and the ratio of each to resnet18.
@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from xray_xai.cam import compute_cam  # noqa: E402
-from xray_xai.model import create_model  # noqa: E402
-from xray_xai.occlusion import occlusion_map  # noqa: E402
+from xray_xai.explain.cam import compute_cam  # noqa: E402
+from xray_xai.models.factory import create_model  # noqa: E402
+from xray_xai.explain.occlusion import occlusion_map  # noqa: E402
 from xray_xai.pipeline import OCCLUSION_PRESETS  # noqa: E402
 
 CANDIDATES = ("resnet10t", "resnet14t", "resnet18", "resnet26")

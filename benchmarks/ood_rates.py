@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from xray_xai.data import list_samples, split_by_patient
 from xray_xai.imaging import InputError, LoadedImage, load_image
-from xray_xai.ood import assess_ood
+from xray_xai.models.ood import assess_ood
 
 # Reason text -> short key for the counts (the reasons are plain-language sentences).
 REASON_KEYS = (
@@ -86,7 +86,7 @@ class FeatureDistance:
         self.classifier = None
         self.threshold = None
         if checkpoint is not None and checkpoint.is_file():
-            from xray_xai.classifier import Classifier
+            from xray_xai.models.classifier import Classifier
 
             self.classifier = Classifier.load(checkpoint)
             self.threshold = self.classifier.card.ood.get("threshold")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xray_xai.similar import DEFAULT_INDEX, K, SimilarIndex  # noqa: E402
+from xray_xai.models.similar import DEFAULT_INDEX, K, SimilarIndex  # noqa: E402
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xray_xai import agreement as agr
-from xray_xai.agreement import agreement, downsample, top_mask, verdict
+from xray_xai.explain import agreement as agr
+from xray_xai.explain.agreement import agreement, downsample, top_mask, verdict
 
 
 def smooth_map(seed: int, size: int = 64) -> np.ndarray:

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from xray_xai.anatomy import (
+from xray_xai.explain.anatomy import (
     analyze_anatomy,
     image_zone_shares,
-    lung_box,
     zone_masks,
     zone_shares,
 )
-from xray_xai.lungs import LungMask, finish_mask
+from xray_xai.models.lungs import LungMask, finish_mask
 from xray_xai.results import OUTSIDE_KEY, ZONE_KEYS, to_jsonable
 
 SIZE = 224
@@ -133,11 +132,3 @@ def test_fallback_without_segmentation():
     anatomy = analyze_anatomy({"gradcam": blob(30, 40)}, None)
     assert not anatomy.segmentation_ok and anatomy.lung_area_fraction is None
     assert anatomy.zones["gradcam"]["right upper"] > 0.95
-
-
-def test_lung_box():
-    mask = np.zeros((100, 80), dtype=bool)
-    mask[20:60, 10:70] = True
-    assert lung_box(mask) == (20, 60, 10, 70)
-    assert lung_box(mask, margin=15) == (5, 75, 0, 80)
-    assert lung_box(np.zeros((100, 80), dtype=bool), 5) == (0, 100, 0, 80)

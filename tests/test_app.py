@@ -17,10 +17,10 @@ from app import LAUNCH_OPTIONS, build_demo  # noqa: E402
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph  # noqa: E402
 from xray_xai import DISCLAIMER  # noqa: E402
 from xray_xai.calibration import OPERATING_POINTS  # noqa: E402
-from xray_xai.classifier import Classifier  # noqa: E402
+from xray_xai.models.classifier import Classifier  # noqa: E402
 from xray_xai.imaging import InputError, load_image  # noqa: E402
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Pipeline  # noqa: E402
-from xray_xai.space import CAM_CHOICES, OCCLUSION_CHOICES, Handlers  # noqa: E402
+from xray_xai.ui.handlers import CAM_CHOICES, OCCLUSION_CHOICES, Handlers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*/*.jpeg"))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_checkpoint, make_tiny_dataset
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.evaluation.classifier import Scored, band_metrics, blur_input, main
-from xray_xai.model import ModelCard
+from xray_xai.checkpoint import ModelCard
 
 
 def card_classifier(**uncertainty) -> Classifier:

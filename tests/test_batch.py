@@ -27,7 +27,7 @@ from xray_xai.batch import (
     run_local,
     summarize,
 )
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.pipeline import Options, Pipeline
 
 SIZE = 64

@@ -10,9 +10,9 @@ import torch
 from test_occlusion import toy_case
 from torch import nn
 
-from xray_xai import cam as cam_module
-from xray_xai.cam import CAM_METHODS, CamError, cam_class, compute_cam, find_target_layer
-from xray_xai.model import create_model
+from xray_xai.explain import cam as cam_module
+from xray_xai.explain.cam import CAM_METHODS, CamError, cam_class, compute_cam, find_target_layer
+from xray_xai.models.factory import create_model
 
 
 @pytest.fixture(scope="module")

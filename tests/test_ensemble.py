@@ -12,11 +12,12 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_dataset, smooth_image_like
-from xray_xai.cam import compute_cam
-from xray_xai.classifier import Classifier, lower_band, uncertainty
-from xray_xai.ensemble import Ensemble, members
-from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
-from xray_xai.occlusion import occlusion_map, occlusion_map_naive
+from xray_xai.explain.cam import compute_cam
+from xray_xai.models.classifier import Classifier, lower_band, uncertainty
+from xray_xai.models.ensemble import Ensemble, members
+from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from xray_xai.models.factory import create_model, load_checkpoint
+from xray_xai.explain.occlusion import occlusion_map, occlusion_map_naive
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.training.classifier import main as train_main
 from xray_xai.training.ensemble import closest_member, explainer_section

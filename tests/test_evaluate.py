@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai import CLASSES
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.data import list_samples
 from xray_xai.evaluation.classifier import (
     bootstrap_auroc_ci,
@@ -27,7 +27,7 @@ from xray_xai.evaluation.classifier import (
     threshold_metrics,
 )
 from xray_xai.imaging import load_image
-from xray_xai.model import ModelCard, save_checkpoint, sha256_file
+from xray_xai.checkpoint import ModelCard, save_checkpoint, sha256_file
 
 OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}
 

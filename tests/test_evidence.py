@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from tests.tiny import lung_mask, make_tiny_checkpoint, synthetic_radiograph
-from xray_xai.anatomy import image_zone_masks
-from xray_xai.classifier import Classifier
-from xray_xai.evidence import BOX_COLOR, MAX_BOXES, draw_boxes, evidence_boxes, to_upload, zone_regions
-from xray_xai.lungs import LungMask
+from xray_xai.explain.anatomy import image_zone_masks
+from xray_xai.models.classifier import Classifier
+from xray_xai.explain.evidence import BOX_COLOR, MAX_BOXES, draw_boxes, evidence_boxes, to_upload, zone_regions
+from xray_xai.models.lungs import LungMask
 from xray_xai.pipeline import Options, Pipeline, Result
 from xray_xai.results import Analysis, EvidenceBox, OperatingPoint, Prediction
 

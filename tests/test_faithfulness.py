@@ -12,7 +12,7 @@ import torch
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.evaluation import faithfulness
 from xray_xai.evaluation.faithfulness import lung_figures, main, perturbation_curve, rank_pixels, step_counts
-from xray_xai.lungs import LungMask
+from xray_xai.models.lungs import LungMask
 
 SIZE, STEP = 16, 16
 PATCH = (slice(4, 8), slice(4, 8))  # 16 pixels: exactly one step

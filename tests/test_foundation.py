@@ -13,9 +13,10 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from tiny import TINY_ARCH, make_tiny_dataset
 from xray_xai.calibration import fit_temperature, nll, operating_points, sigmoid
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
-from xray_xai.model import CheckpointError, ModelCard, create_model, load_checkpoint, save_checkpoint
+from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
 from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, mix
 from xray_xai.training.classifier import main as train_main

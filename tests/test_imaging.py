@@ -16,7 +16,7 @@ from fuzz_corpus import PHI_ID, PHI_NAME, dicom_bytes, encode, png16, synthetic_
 from PIL import Image
 
 from xray_xai.imaging import MAX_PIXELS, MIN_SIDE, InputError, LoadedImage, load_image
-from xray_xai.model import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from xray_xai.checkpoint import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from xray_xai.preprocess import preprocess, read_dataset_image, to_model_size
 
 SIZE, MEAN, STD = 224, 0.5, 0.25
@@ -130,7 +130,7 @@ def _example_radiograph() -> np.ndarray | None:
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no trained checkpoint at checkpoints/classifier.json yet")
 @pytest.mark.parametrize("source", ["synthetic", "example"])
 def test_every_variant_gets_the_same_probability(source):
-    from xray_xai.classifier import Classifier
+    from xray_xai.models.classifier import Classifier
 
     pixels = CHEST if source == "synthetic" else _example_radiograph()
     if pixels is None:

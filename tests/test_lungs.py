@@ -13,8 +13,8 @@ from PIL import Image
 
 from xray_xai.evaluation import lungs as evaluate_lungs
 from xray_xai.training import lungs as train_lungs
-from xray_xai.lungs import LungCard, LungSegmenter, build_model, check_plausibility, dice, finish_mask, iou
-from xray_xai.model import CheckpointError, save_checkpoint, sha256_file
+from xray_xai.models.lungs import LungCard, LungMask, LungSegmenter, build_model, check_plausibility, dice, finish_mask, iou
+from xray_xai.checkpoint import CheckpointError, save_checkpoint, sha256_file
 
 TINY = LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)
 
@@ -188,3 +188,14 @@ def test_augmentation_moves_image_and_mask_together():
     images, warped = train_lungs.augment_pair(masks.clone(), masks, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(warped, masks, atol=1e-5)  # intensity changes never touch the mask
     assert not torch.allclose(images, masks, atol=1e-3)
+
+
+def test_lung_box_is_the_masks_bounding_box_plus_margin_clipped_to_the_film():
+    def mask_of(array):
+        return LungMask(mask=array, probability=array.astype(np.float32), ok=True)
+
+    mask = np.zeros((100, 80), dtype=bool)
+    mask[20:60, 10:70] = True
+    assert mask_of(mask).box() == (20, 60, 10, 70)
+    assert mask_of(mask).box(margin=15) == (5, 75, 0, 80)
+    assert mask_of(np.zeros((100, 80), dtype=bool)).box(5) == (0, 100, 0, 80)

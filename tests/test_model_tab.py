@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.calibration import ece
-from xray_xai.classifier import Classifier
-from xray_xai.evaluation import model_report
-from xray_xai.model_tab import (
+from xray_xai.models.classifier import Classifier
+from xray_xai.artifacts import model_report
+from xray_xai.ui.model_tab import (
     ModelReport,
     bands_table,
     build_model_tab,
@@ -152,7 +152,7 @@ def test_tab_builds_every_view_for_matching_weights(report_path):
 def test_stale_or_missing_report_is_refused(report_path, tmp_path):
     assert report_problem(report_path, SHA) is None
     stale = report_problem(report_path, "cd" * 32)
-    assert "stale" in stale and "abababababab" in stale and "python -m xray_xai.evaluation.model_report" in stale
+    assert "stale" in stale and "abababababab" in stale and "python -m xray_xai.artifacts.model_report" in stale
     assert "No model report" in report_problem(tmp_path / "missing.json", SHA)
     kinds = [type(b).__name__ for b in _components(report_path, "cd" * 32)]
     assert "Plot" not in kinds and "Dataframe" not in kinds and "Markdown" in kinds

@@ -8,9 +8,9 @@ import torch
 from captum.attr import Occlusion
 from torch import nn
 
-from xray_xai import occlusion as occ
-from xray_xai.model import create_model
-from xray_xai.occlusion import (
+from xray_xai.explain import occlusion as occ
+from xray_xai.models.factory import create_model
+from xray_xai.explain.occlusion import (
     OcclusionError,
     make_baseline,
     occlusion_map,

@@ -11,8 +11,8 @@ from fuzz_corpus import encode, synthetic_radiograph, to_uint8
 from PIL import Image
 
 from xray_xai.imaging import LoadedImage, load_image
-from xray_xai.model import PROJECT_ROOT
-from xray_xai.ood import CHEST_TEMPLATE, MAX_ASPECT, assess_ood, image_stats, quality_reasons
+from xray_xai.checkpoint import PROJECT_ROOT
+from xray_xai.models.ood import CHEST_TEMPLATE, MAX_ASPECT, assess_ood, image_stats, quality_reasons
 from xray_xai.results import OODResult, to_jsonable
 
 CHEST = load_image(encode(synthetic_radiograph(240, 300), "PNG"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 
-from xray_xai.overlay import LEGEND, OUTLINE_COLOR, contour, overlay, resize_map
+from xray_xai.ui.overlay import LEGEND, OUTLINE_COLOR, contour, overlay, resize_map
 
 
 def test_returns_the_original_size_from_a_model_size_map():

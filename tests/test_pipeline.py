@@ -14,7 +14,7 @@ from PIL import Image
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai import DISCLAIMER
 from xray_xai.__main__ import main as cli_main
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.imaging import InputError
 from xray_xai.pipeline import Options, Pipeline
 
@@ -161,7 +161,7 @@ def test_heavy_packages_wait_for_the_warm_up(checkpoint):
     """Start-up stays light: the CAM package, scikit-learn and scipy.stats load on first use (the app's warm-up)."""
     script = (
         "import sys\n"
-        "from xray_xai.classifier import Classifier\n"
+        "from xray_xai.models.classifier import Classifier\n"
         "from xray_xai.pipeline import Pipeline\n"
         "heavy = ('pytorch_grad_cam', 'sklearn', 'scipy.stats')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"

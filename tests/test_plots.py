@@ -8,7 +8,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from xray_xai.calibration import ece, reliability_bins
-from xray_xai.plots import reliability_panel
+from xray_xai.ui.plots import reliability_panel
 
 
 def test_reliability_panel_draws_the_filled_bins_of_its_ece():

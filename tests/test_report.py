@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xray_xai import DISCLAIMER
-from xray_xai.classifier import Classifier
-from xray_xai.model import ModelCard
+from xray_xai.models.classifier import Classifier
+from xray_xai.checkpoint import ModelCard
 from xray_xai.report import build_report, named_zones, percent
 from xray_xai.results import (
     BAND_EXPLANATION,

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from tiny import lung_mask, make_tiny_checkpoint, make_tiny_dataset, synthetic_radiograph
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.data import list_samples
-from xray_xai.lungs import LungMask
-from xray_xai.model import ModelCard
+from xray_xai.models.lungs import LungMask
+from xray_xai.checkpoint import ModelCard
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.training.shortcuts import fit_thresholds, outside_lung_shares, write_thresholds
 

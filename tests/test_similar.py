@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset, synthetic_radiograph
-from xray_xai.classifier import Classifier
+from xray_xai.models.classifier import Classifier
 from xray_xai.evaluation.similar import chance_agreement, evaluate, label_agreement
 from xray_xai.pipeline import Pipeline
 from xray_xai.report import build_report
 from xray_xai.results import Analysis, OperatingPoint, Prediction, SimilarCase
-from xray_xai.similar import K, FeatureSpace, SimilarIndex, load_matching, nearest
-from xray_xai.training.build_index import main as build_main
+from xray_xai.models.similar import K, FeatureSpace, SimilarIndex, load_matching, nearest
+from xray_xai.artifacts.similar_index import main as build_main
 
 POINT = OperatingPoint("balanced", 0.5, 0.9, 0.9)
 
@@ -46,7 +46,7 @@ def test_nearest_finds_itself_first_and_sorts():
 
 
 def test_feature_width_mismatch_is_refused():
-    from xray_xai.similar import StaleIndexError
+    from xray_xai.models.similar import StaleIndexError
 
     space = FeatureSpace.fit(np.random.default_rng(0).normal(size=(10, 4)), dims=2)
     with pytest.raises(StaleIndexError):
@@ -189,7 +189,7 @@ def test_evaluate_separates_clusters_and_not_noise():
 
 
 def test_committed_index_matches_the_committed_classifier():
-    """The shipped index must be rebuilt whenever the shipped classifier changes (python -m xray_xai.training.build_index)."""
+    """The shipped index must be rebuilt whenever the shipped classifier changes (python -m xray_xai.artifacts.similar_index)."""
     root = Path(__file__).resolve().parent.parent / "checkpoints"
     if not (root / "similar.json").is_file():
         pytest.skip("no similar-case index committed")
@@ -210,7 +210,7 @@ def test_upload_of_a_new_film_gets_k_neighbours_with_labels(built, tmp_path):
 
 def test_gallery_shows_each_neighbour_with_label_and_similarity():
     from xray_xai.pipeline import Result
-    from xray_xai.space import gallery_value
+    from xray_xai.ui.handlers import gallery_value
 
     analysis = Analysis(Prediction("NORMAL", 0.1, 0.9, "High", POINT), similar=_cases("NP"))
     thumbs = (np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8))

@@ -15,12 +15,12 @@ from PIL import Image
 
 from xray_xai import DISCLAIMER
 from xray_xai.calibration import OPERATING_POINTS
-from xray_xai.classifier import UnknownOperatingPoint
+from xray_xai.models.classifier import UnknownOperatingPoint
 from xray_xai.imaging import InputError, load_image
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Result
 from xray_xai.report import build_report, percent
 from xray_xai.results import Agreement, Analysis, Anatomy, OODResult, OperatingPoint, Prediction
-from xray_xai.space import (
+from xray_xai.ui.handlers import (
     OPERATING_POINT_CHOICES,
     UI_OUTPUTS,
     agreement_markdown,

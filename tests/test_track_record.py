@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
-from xray_xai.classifier import Classifier
-from xray_xai.model import ModelCard
+from xray_xai.models.classifier import Classifier
+from xray_xai.checkpoint import ModelCard
 from xray_xai.model_report import ModelReport, load_matching, track_record
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.report import build_report

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from xray_xai import CLASSES
-from xray_xai.model import ModelCard, create_model, save_checkpoint
+from xray_xai.checkpoint import ModelCard, save_checkpoint
+from xray_xai.models.factory import create_model
 
 TINY_ARCH = "resnet10t"
 TINY_SIZE = 32

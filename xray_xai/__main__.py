@@ -21,7 +21,7 @@ from typing import Iterator
 
 from .batch import Job, expand_inputs, ray_engine, run, run_local, threads_per_worker
 from .calibration import OPERATING_POINTS
-from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
 from .pipeline import Options
 
 

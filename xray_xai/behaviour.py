@@ -3,7 +3,7 @@
 Pure functions of ``labels`` (1 = PNEUMONIA) and calibrated ``probs`` = P(pneumonia): rates at a
 threshold, predictive values re-weighted to another prevalence (Bayes), ROC and precision-recall
 curves, and accuracy per confidence band. A film is called PNEUMONIA when ``p >= threshold``,
-the rule of :meth:`xray_xai.classifier.Classifier.decide`.
+the rule of :meth:`xray_xai.models.classifier.Classifier.decide`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The stored model report: how the classifier behaved on validation and shift_dev films.
 
-``checkpoints/model_report.json`` (built by ``python -m xray_xai.evaluation.model_report``) holds
+``checkpoints/model_report.json`` (built by ``python -m xray_xai.artifacts.model_report``) holds
 every validation and shift_dev film's calibrated P(pneumonia) and confidence band for one set of
 classifier weights. The Model tab draws it; each analysis quotes from it the **track record** of
 its own kind of answer: how often answers with the same label and band were right on validation
@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
-from .model import PROJECT_ROOT
+from .checkpoint import PROJECT_ROOT
 from .results import Prediction, TrackRecord
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPORT = PROJECT_ROOT / "checkpoints" / "model_report.json"
 REBUILD_COMMAND = (
-    "python -m xray_xai.evaluation.model_report --train ../shared/data/chest_xray/train "
+    "python -m xray_xai.artifacts.model_report --train ../shared/data/chest_xray/train "
     "--shift ../shared/data/chest_xray/shift_dev --checkpoint checkpoints/classifier.json --out checkpoints/"
 )
 SPLITS = ("validation", "shift_dev")

@@ -17,23 +17,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .agreement import agreement
-from .anatomy import analyze_anatomy
-from .cam import CAM_METHODS, compute_cam
-from .classifier import Classifier
-from .evidence import draw_boxes, evidence_boxes, zone_regions
-from .framing import framing_box
+from .explain.agreement import agreement
+from .explain.anatomy import analyze_anatomy
+from .explain.cam import CAM_METHODS, compute_cam
+from .models.classifier import Classifier
+from .explain.evidence import draw_boxes, evidence_boxes, zone_regions
+from .models.framing import framing_box
 from .imaging import InputError, LoadedImage, load_image
-from .lungs import LungMask, LungSegmenter
-from .model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .models.lungs import LungMask, LungSegmenter
+from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
-from .occlusion import occlusion_map
-from .ood import assess_ood
-from .overlay import overlay
+from .explain.occlusion import occlusion_map
+from .models.ood import assess_ood
+from .ui.overlay import overlay
 from .report import build_report
 from .results import Analysis, Prediction, Region, to_jsonable
-from .similar import DEFAULT_INDEX, SimilarIndex, load_matching
+from .models.similar import DEFAULT_INDEX, SimilarIndex, load_matching
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
 OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}

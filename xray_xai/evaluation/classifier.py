@@ -59,12 +59,12 @@ from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
 from ..calibration import OPERATING_POINTS, brier, ece, sigmoid  # noqa: E402
-from ..classifier import Classifier  # noqa: E402
+from ..models.classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, validation_samples  # noqa: E402
 from ..imaging import InputError, LoadedImage, load_image  # noqa: E402
-from ..model import DEFAULT_CHECKPOINT  # noqa: E402
-from ..ood import assess_ood  # noqa: E402
-from ..plots import reliability_panel  # noqa: E402
+from ..checkpoint import DEFAULT_CHECKPOINT  # noqa: E402
+from ..models.ood import assess_ood  # noqa: E402
+from ..ui.plots import reliability_panel  # noqa: E402
 from ..results import BANDS  # noqa: E402
 
 CI_LEVEL = 0.95

@@ -18,7 +18,7 @@ the seeded random map.
 
 Lung figures use reference masks in ``MASKDIR`` (same ``CLASS/NAME.png`` layout as ``DIR``,
 255 = lung, resized to the model input with nearest neighbour): the share of each map's
-positive mass inside the lungs (as :func:`xray_xai.anatomy.zone_shares` computes it for the
+positive mass inside the lungs (as :func:`xray_xai.explain.anatomy.zone_shares` computes it for the
 app's shortcut warning) and whether the map's peak is inside. Chance level is the lung-area
 fraction. Images without a mask count for deletion/insertion only.
 
@@ -49,14 +49,14 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
-from ..anatomy import zone_shares  # noqa: E402
-from ..cam import CAM_METHODS, compute_cam  # noqa: E402
-from ..classifier import Classifier  # noqa: E402
+from ..explain.anatomy import zone_shares  # noqa: E402
+from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
+from ..models.classifier import Classifier  # noqa: E402
 from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
-from ..lungs import LungSegmenter  # noqa: E402
-from ..model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT  # noqa: E402
-from ..occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+from ..models.lungs import LungSegmenter  # noqa: E402
+from ..checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT  # noqa: E402
+from ..explain.occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
 from ..pipeline import occlusion_region  # noqa: E402
 from ..results import OUTSIDE_KEY, Region  # noqa: E402
 
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
             "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"}
             if "occlusion" in args.maps else None,
             "maps": [*args.maps, "random"],
-            "cams": "xray_xai.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
+            "cams": "xray_xai.explain.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
             "seed": args.seed,
             "checkpoint": str(Path(args.checkpoint).resolve()),
             "checkpoint_sha256": classifier.card.sha256,

@@ -26,8 +26,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..data import Sample, list_samples, split_by_patient
-from ..lungs import LungSegmenter, dice, iou
-from ..model import DEFAULT_LUNG_CHECKPOINT, sha256_file
+from ..models.lungs import LungSegmenter, dice, iou
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, sha256_file
 from ..preprocess import read_dataset_image
 
 REFERENCE_COLOUR, PREDICTION_COLOUR = (0, 220, 255), (255, 0, 200)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from .. import CLASSES
-from ..classifier import Classifier
+from ..models.classifier import Classifier
 from ..data import list_samples, validation_samples
-from ..model import DEFAULT_CHECKPOINT
-from ..similar import FeatureSpace, nearest
-from ..training.build_index import cached_embed
+from ..checkpoint import DEFAULT_CHECKPOINT
+from ..models.similar import FeatureSpace, nearest
+from ..artifacts.similar_index import cached_embed
 
 K = 5
 FLOOR = 0.85  # minimum shift_dev agreement

@@ -31,8 +31,10 @@ from tqdm import tqdm
 from .. import CLASSES
 from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
 from ..data import SPLIT_SEED, VAL_FRACTION, VAL_PATIENTS_FILE, Sample, describe_split, list_samples, seeded_subset, split_by_patient, validation_samples
-from ..model import ModelCard, create_model, load_checkpoint, save_checkpoint
-from ..ood import fit_feature_stats, mahalanobis, penultimate_features
+from ..checkpoint import ModelCard, save_checkpoint
+from ..models.factory import create_model, load_checkpoint
+from ..models.framing import unframed
+from ..models.ood import fit_feature_stats, mahalanobis, penultimate_features
 from ..preprocess import normalize, read_dataset_image, to_model_size
 from .guidance import MASK_DILATION, class_activation_map, dilate, load_masks, outside_share
 from .loop import Schedule, Validation, best_weights, run_epochs
@@ -389,14 +391,14 @@ def save_within_tolerance(model, card: ModelCard, card_path: Path, extras: dict,
     validation probabilities stay within ``FP16_TOLERANCE`` of the float32 model that was
     calibrated, else in float32; the measured difference goes into the card."""
     for dtype in (torch.float16, torch.float32):
-        save_checkpoint(model, card, card_path, extras, dtype=dtype)
+        save_checkpoint(unframed(model), card, card_path, extras, dtype=dtype)
         reloaded, card, _ = load_checkpoint(card_path)
         stored_p = sigmoid(predict_logits(reloaded, x_val) / card.temperature)
         difference = float(np.max(np.abs(stored_p - cal_p)))
         if difference <= FP16_TOLERANCE:
             break
     card.validation["stored_weights_max_abs_prob_diff"] = difference
-    return save_checkpoint(reloaded, card, card_path, extras, dtype=dtype)
+    return save_checkpoint(unframed(reloaded), card, card_path, extras, dtype=dtype)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

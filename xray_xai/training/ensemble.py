@@ -24,7 +24,7 @@ that validation split, never from a test film:
   the maps over every member instead).
 
 Members trained on lung-box crops (:mod:`xray_xai.training.lung_crops`) are named with
-``--lung-box``: the ensemble feeds them the lung box of each film (:mod:`xray_xai.framing`),
+``--lung-box``: the ensemble feeds them the lung box of each film (:mod:`xray_xai.models.framing`),
 cut with the lung segmenter ``--segmenter``, which is copied next to the ensemble's card.
 Everything above is then fitted on the composite model as the app serves it. Their maps would
 be in the crop's frame, so the explaining network is always a whole-film member.
@@ -45,11 +45,12 @@ from sklearn.metrics import roc_auc_score
 
 from ..calibration import ece, fit_temperature, nll, operating_points, sigmoid
 from ..data import VAL_PATIENTS_FILE, describe_split, list_samples, split_with_patients
-from ..ensemble import Ensemble
-from ..framing import LUNG_BOX_MARGIN, frame_members
-from ..lungs import LungSegmenter
-from ..model import DEFAULT_LUNG_CHECKPOINT, ModelCard, load_checkpoint, round_kernels
-from ..ood import fit_feature_stats, mahalanobis
+from ..models.ensemble import Ensemble
+from ..models.framing import LUNG_BOX_MARGIN, frame_members
+from ..models.lungs import LungSegmenter
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard, round_kernels
+from ..models.factory import load_checkpoint
+from ..models.ood import fit_feature_stats, mahalanobis
 from .classifier import blur_each, calibration_metrics, load_pixels, measure_latency, predict_logits, save_within_tolerance
 
 # Perturbations of the validation films that the temperature must hold on: softer films

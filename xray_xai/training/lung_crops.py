@@ -3,8 +3,8 @@
     python -m xray_xai.training.lung_crops --data ../shared/data/chest_xray --out runs/crops
 
 Each film is squashed to the classifier's input size (as the app sees it), segmented with the
-committed lung segmenter and cut to the lung box plus a margin (:func:`xray_xai.framing.crop_to_lungs`),
-the very crop that :class:`xray_xai.framing.LungBoxFramed` makes inside an ensemble. The copy
+committed lung segmenter and cut to the lung box plus a margin (:func:`xray_xai.models.framing.crop_to_lungs`),
+the very crop that :class:`xray_xai.models.framing.LungBoxFramed` makes inside an ensemble. The copy
 keeps the folder layout and file stems (so patients and splits are unchanged) and is training
 data: keep it out of version control.
 """
@@ -22,9 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import CLASSES
-from ..framing import LUNG_BOX_MARGIN, crop_to_lungs
-from ..lungs import LungSegmenter
-from ..model import DEFAULT_LUNG_CHECKPOINT
+from ..models.framing import LUNG_BOX_MARGIN, crop_to_lungs
+from ..models.lungs import LungSegmenter
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT
 from ..preprocess import read_dataset_image, to_model_size
 
 

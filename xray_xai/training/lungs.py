@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from ..data import SPLIT_SEED, VAL_FRACTION, Sample, describe_split, list_samples, seeded_subset
 from ..evaluation.lungs import evaluate, paired, read_mask, select_split
-from ..lungs import THRESHOLD, LungCard, LungSegmenter, build_model
-from ..model import save_checkpoint
+from ..models.lungs import THRESHOLD, LungCard, LungSegmenter, build_model
+from ..checkpoint import save_checkpoint
 from ..preprocess import normalize, to_model_size
 from .classifier import NORMALISATION, TrainConfig, augment, load_pixels
 from .loop import Schedule, Validation, best_weights, run_epochs

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import Sample, list_samples, seeded_subset, validation_samples
-from ..model import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
+from ..checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
 from ..pipeline import Options, Pipeline
 
 PERCENTILE = 95.0

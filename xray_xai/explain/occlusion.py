@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .cam import private_copy
-from .ensemble import members
-from .results import Region
+from ..models.ensemble import members
+from ..results import Region
 
 BASELINES = ("blur", "mean", "zero")
 # Gaussian sigma of the "blur" baseline as a fraction of the input size (16 px at 224 px).
@@ -110,7 +110,7 @@ def occlusion_map(
 ) -> OcclusionResult:
     """Occlusion sensitivity of a single-logit classifier on a normalised ``(1, 1, S, S)`` input.
 
-    An :class:`~xray_xai.ensemble.Ensemble` is occluded member by member (each with its own
+    An :class:`~xray_xai.models.ensemble.Ensemble` is occluded member by member (each with its own
     incremental engine) and the members' logits are averaged before the calibrated probability
     is taken, so the map explains exactly the ensemble's reported probability.
 

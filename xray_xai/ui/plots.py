@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.axes import Axes
 
-from .calibration import ece, reliability_bins
+from ..calibration import ece, reliability_bins
 
 
 def reliability_panel(ax: Axes, probs: np.ndarray, labels: np.ndarray, title: str, bar_colour: str, dot_colour: str, n_bins: int = 15) -> None:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imaging import LoadedImage
-from .preprocess import to_model_size
-from .results import OODResult
+from ..imaging import LoadedImage
+from ..preprocess import to_model_size
+from ..results import OODResult
 
 
 def penultimate_features(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

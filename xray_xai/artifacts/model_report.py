@@ -1,6 +1,6 @@
 """Precompute the Space's "Model" tab: per-film probabilities and an error gallery.
 
-    python -m xray_xai.evaluation.model_report --train ../shared/data/chest_xray/train \\
+    python -m xray_xai.artifacts.model_report --train ../shared/data/chest_xray/train \\
         --shift ../shared/data/chest_xray/shift_dev --checkpoint checkpoints/classifier.json --out checkpoints/
 
 Every film goes through :meth:`xray_xai.pipeline.Pipeline.predict`, exactly as an upload does,
@@ -29,9 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import CLASSES
-from ..classifier import Classifier
+from ..models.classifier import Classifier
 from ..data import Sample, list_samples, validation_samples
-from ..model import DEFAULT_CHECKPOINT
+from ..checkpoint import DEFAULT_CHECKPOINT
 from ..pipeline import Options, Pipeline
 
 REPORT_NAME = "model_report.json"
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None
     pipeline = Pipeline(Classifier.load(args.checkpoint))
-    command = "python -m xray_xai.evaluation.model_report " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m xray_xai.artifacts.model_report " + " ".join(sys.argv[1:] if argv is None else argv)
     report = build(pipeline, validation, list_samples(args.shift), Path(args.out), args.max_errors, command)
     print(json.dumps({name: len(split["label"]) for name, split in report["splits"].items()} | {"errors": len(report["errors"]["films"])}))
     return report

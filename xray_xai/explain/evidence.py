@@ -6,7 +6,7 @@ map's positive mass become boxes. Maps live in the model's square input, which i
 upload squashed, so a map pixel ``(r, c)`` of an ``S x S`` map covers rows
 ``[r H / S, (r + 1) H / S)`` and columns ``[c W / S, (c + 1) W / S)`` of an ``H x W`` upload.
 Each box is named by the lung zone (or image region, without a plausible segmentation) that
-holds most of its region's mass, with the zones of :mod:`xray_xai.anatomy`.
+holds most of its region's mass, with the zones of :mod:`xray_xai.explain.anatomy`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import image_zone_masks, zone_masks
-from .lungs import LungMask
-from .results import OUTSIDE_KEY, EvidenceBox
+from ..models.lungs import LungMask
+from ..results import OUTSIDE_KEY, EvidenceBox
 
 TOP_FRACTION = 0.10  # candidate pixels: the map's hottest 10%
 MAX_BOXES = 3

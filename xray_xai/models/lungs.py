@@ -11,7 +11,6 @@ wrong anatomy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from .model import DEFAULT_LUNG_CHECKPOINT, load_checkpoint
-from .preprocess import preprocess
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, Card, load_tensors, read_card
+from ..preprocess import preprocess
 
 THRESHOLD = 0.5  # on the lung probability; ``LungMask.mask == LungMask.probability > THRESHOLD``
 
@@ -47,7 +46,7 @@ class PlausibilityRules:
 
 
 @dataclass
-class LungCard:
+class LungCard(Card):
     """Everything needed to rebuild and run a lung-segmentation checkpoint (``lungs.json``).
 
     ``input_size`` is the network's working resolution; ``output_size`` is the size of the
@@ -69,16 +68,6 @@ class LungCard:
     weights: str = ""
     sha256: str = ""
     weights_dtype: str = "float16"
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "LungCard":
-        raw = json.loads(Path(path).read_text())
-        raw["decoder_channels"] = tuple(raw.get("decoder_channels", cls.decoder_channels))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     def rules(self) -> PlausibilityRules:
         values = dict(self.plausibility)
@@ -122,6 +111,20 @@ class LungMask:
             return self.mask.copy()
         image = Image.fromarray(self.probability.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
         return np.asarray(image) > THRESHOLD
+
+    def box(self, margin: int = 0) -> tuple[int, int, int, int]:
+        """Bounding box ``(y0, y1, x0, x1)`` (end-exclusive) of the lungs plus ``margin`` pixels,
+        clipped to the mask; the whole mask when it is empty."""
+        height, width = self.mask.shape
+        if not self.mask.any():
+            return 0, height, 0, width
+        rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
+        return (
+            max(0, int(rows[0]) - margin),
+            min(height, int(rows[-1]) + 1 + margin),
+            max(0, int(cols[0]) - margin),
+            min(width, int(cols[-1]) + 1 + margin),
+        )
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -229,8 +232,10 @@ class LungSegmenter:
     @classmethod
     def load(cls, card_path: str | Path = DEFAULT_LUNG_CHECKPOINT) -> "LungSegmenter":
         """Load ``lungs.json`` and its weights (sha256-checked; raises CheckpointError)."""
-        model, _, _ = load_checkpoint(card_path, model_factory=lambda arch, **_: build_model(LungCard.from_json(card_path)))
-        return cls(model, LungCard.from_json(card_path))
+        card = read_card(card_path, LungCard)
+        model = build_model(card)
+        model.load_state_dict(load_tensors(card_path, card)[0])
+        return cls(model.to(memory_format=torch.channels_last), card)
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
         """Grayscale [0, 1] image of any size -> ``(1, 1, S, S)`` normalised network input."""

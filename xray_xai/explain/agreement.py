@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from .results import Agreement, Region
+from ..results import Agreement, Region
 
 TOP_FRACTION = 0.2
 # Verdict thresholds. "agree": a clear rank correlation AND hot spots that overlap well

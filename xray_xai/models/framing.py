@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .anatomy import lung_box
 from .ensemble import Ensemble
 from .lungs import LungMask, LungSegmenter
-from .model import CheckpointError
+from ..checkpoint import CheckpointError
 
 LUNG_BOX_MARGIN = 16  # px at 224 around the lungs' bounding box (also the occlusion focus of the app)
 
@@ -35,7 +34,7 @@ def framing_box(mask: LungMask | None, shape: tuple[int, int], margin: int = LUN
     if mask is None or not mask.ok:
         return 0, height, 0, width
     size = mask.mask.shape[0]
-    y0, y1, x0, x1 = lung_box(mask.mask, margin=int(round(margin * size / 224)))
+    y0, y1, x0, x1 = mask.box(margin=int(round(margin * size / 224)))
     return (int(y0 * height / size), int(np.ceil(y1 * height / size)), int(x0 * width / size), int(np.ceil(x1 * width / size)))
 
 

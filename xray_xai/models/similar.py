@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from .model import PROJECT_ROOT, sha256_file, verified_file
-from .results import SimilarCase
+from ..checkpoint import PROJECT_ROOT, Card, sha256_file, verified_file
+from ..results import SimilarCase
 
 DEFAULT_INDEX = PROJECT_ROOT / "checkpoints" / "similar.json"
 K = 6  # neighbours shown per analysis
@@ -101,7 +101,7 @@ def encode_thumbnail(pixels: np.ndarray, size: int, quality: int) -> bytes:
 
 
 @dataclass
-class IndexCard:
+class IndexCard(Card):
     """What an index holds and which classifier weights it belongs to."""
 
     classifier_sha256: str
@@ -114,12 +114,6 @@ class IndexCard:
     build: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     sha256: str = ""
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "IndexCard":
-        raw = json.loads(Path(path).read_text())
-        raw["classes"], raw["ids"] = tuple(raw["classes"]), tuple(raw["ids"])
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,7 +173,7 @@ class SimilarIndex:
     def load(cls, card_path: str | Path = DEFAULT_INDEX) -> "SimilarIndex":
         card_path = Path(card_path)
         if not card_path.is_file():
-            raise SimilarIndexError(f"Similar-case index not found: {card_path}. Build it with python -m xray_xai.training.build_index.")
+            raise SimilarIndexError(f"Similar-case index not found: {card_path}. Build it with python -m xray_xai.artifacts.similar_index.")
         card = IndexCard.from_json(card_path)
         t = load_file(str(verified_file(card_path, card.weights, card.sha256, SimilarIndexError)))
         space = FeatureSpace(t["mean"], t["scale"], t["projection"], card.explained_variance)
@@ -201,7 +195,7 @@ def load_matching(card_path: str | Path, classifier_sha256: str) -> SimilarIndex
     if index.card.classifier_sha256 != classifier_sha256:
         log.warning(
             "Similar cases disabled: the index %s was built with classifier weights %s..., not the loaded %s...; "
-            "rebuild it with python -m xray_xai.training.build_index.",
+            "rebuild it with python -m xray_xai.artifacts.similar_index.",
             Path(card_path).name, index.card.classifier_sha256[:12], classifier_sha256[:12],
         )
         return None

@@ -1,6 +1,6 @@
 """Build the similar-case index of a classifier from a labelled folder of training films.
 
-    python -m xray_xai.training.build_index --data ../shared/data/chest_xray/train --out checkpoints/
+    python -m xray_xai.artifacts.similar_index --data ../shared/data/chest_xray/train --out checkpoints/
 
 Every film of ``--data`` (ids = file names, labels = folders) is embedded with the classifier
 of ``--checkpoint`` (pooled penultimate features, the app's own preprocessing), and stored with
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..classifier import Classifier
+from ..models.classifier import Classifier
 from ..data import Sample, list_samples, validation_samples
-from ..model import DEFAULT_CHECKPOINT
-from ..ood import penultimate_features
+from ..checkpoint import DEFAULT_CHECKPOINT
+from ..models.ood import penultimate_features
 from ..preprocess import read_dataset_image
-from ..similar import FeatureSpace, IndexCard, SimilarIndex, encode_thumbnail
+from ..models.similar import FeatureSpace, IndexCard, SimilarIndex, encode_thumbnail
 
 MAX_THUMBNAIL = 128  # the data rules' limit for thumbnails of train/ films
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     features = cached_embed(classifier, samples, Path(args.cache) if args.cache else None, args.batch_size)
     thumbnails = make_thumbnails(samples, args.thumbnail_size, args.quality)
     build = {
-        "command": "python -m xray_xai.training.build_index " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m xray_xai.artifacts.similar_index " + " ".join(argv if argv is not None else sys.argv[1:]),
         "classifier_card": Path(args.checkpoint).name,
         "films": len(samples),
         "per_class": {name: int(sum(s.label == i for s in samples)) for i, name in enumerate(classifier.card.classes)},

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .lungs import LungMask, components, on_patient_right
-from .results import LEVELS, OUTSIDE_KEY, SIDES, Anatomy
+from ..models.lungs import LungMask, components, on_patient_right
+from ..results import LEVELS, OUTSIDE_KEY, SIDES, Anatomy
 
 # Used for a method the lung card has no calibrated threshold for. The lung outlines include the
 # heart, so a map spread uniformly over a typical radiograph (lungs ~33% of it) already has ~67%
@@ -119,22 +119,4 @@ def analyze_anatomy(
         zones=zones,
         shortcut_warning=bool(flagged),
         shortcut_methods=flagged,
-    )
-
-
-def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
-    """Bounding box ``(y0, y1, x0, x1)`` (end-exclusive) of the lungs plus ``margin`` pixels, clipped to the image.
-
-    The whole image for an empty mask.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    height, width = mask.shape
-    if not mask.any():
-        return 0, height, 0, width
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    return (
-        max(0, int(rows[0]) - margin),
-        min(height, int(rows[-1]) + 1 + margin),
-        max(0, int(cols[0]) - margin),
-        min(width, int(cols[-1]) + 1 + margin),
     )

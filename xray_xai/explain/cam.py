@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ensemble import members
+from ..models.ensemble import members
 
 # Name -> class name in pytorch_grad_cam. All weight the last stage's activations by the gradient of the logit:
 # Grad-CAM by the channel-mean gradient, HiResCAM element-wise (provably faithful to the
@@ -76,7 +76,7 @@ def compute_cam(
     and min-max scales it per image, so 1 is this image's strongest evidence and a map with
     no positive evidence at all is all zeros. Works inside ``torch.inference_mode()``.
 
-    For an :class:`~xray_xai.ensemble.Ensemble` the target is the ensemble's own (mean) logit
+    For an :class:`~xray_xai.models.ensemble.Ensemble` the target is the ensemble's own (mean) logit
     and the map is taken at every member's last stage: the package scales each member's map
     to [0, 1] and averages them, so each member's evidence counts equally.
     """

@@ -11,12 +11,13 @@ import torch
 
 from .ensemble import Ensemble
 from .framing import is_framed, member_views
-from .imaging import InputError
-from .model import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, load_checkpoint
+from ..imaging import InputError
+from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard
+from .factory import load_checkpoint
 from .ood import mahalanobis, penultimate_features
-from .preprocess import preprocess
-from .report import percent
-from .results import BANDS, OperatingPoint, Prediction, confidence_band
+from ..preprocess import preprocess
+from ..report import percent
+from ..results import BANDS, OperatingPoint, Prediction, confidence_band
 
 
 class UnknownOperatingPoint(InputError):

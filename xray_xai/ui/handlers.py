@@ -20,13 +20,13 @@ import gradio.utils
 import numpy as np
 from PIL import Image
 
-from . import DISCLAIMER
-from .cam import CAM_METHODS
-from .imaging import SUPPORTED, InputError, load_image
+from .. import DISCLAIMER
+from ..explain.cam import CAM_METHODS
+from ..imaging import SUPPORTED, InputError, load_image
 from .overlay import LEGEND
-from .pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
-from .report import method_name, percent
-from .results import BAND_EXPLANATION, Agreement, Prediction
+from ..pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
+from ..report import method_name, percent
+from ..results import BAND_EXPLANATION, Agreement, Prediction
 
 BAND_COLOURS = {"High": "#1b7f3b", "Moderate": "#b7791f", "Low": "#9b2c2c"}
 # The settings offered in the UI and published as enums by the API: (shown label, value).

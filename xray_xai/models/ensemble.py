@@ -7,8 +7,8 @@ features (the out-of-distribution statistics are fitted on them) and ``get_class
 one linear layer over them that equals the mean of the members' heads. Calibration, the
 decision rule and evaluation therefore treat an ensemble exactly like a single network.
 
-Explanations are made per member and combined (see :mod:`xray_xai.cam` and
-:mod:`xray_xai.occlusion`); how far the members disagree is the ensemble's uncertainty.
+Explanations are made per member and combined (see :mod:`xray_xai.explain.cam` and
+:mod:`xray_xai.explain.occlusion`); how far the members disagree is the ensemble's uncertainty.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Space's "Model" tab: how the classifier behaves on validation and shift_dev.
 
 Everything shown comes from ``checkpoints/model_report.json`` (built by
-``python -m xray_xai.evaluation.model_report``, read by :mod:`xray_xai.model_report`) and its
+``python -m xray_xai.artifacts.model_report``, read by :mod:`xray_xai.model_report`) and its
 error sprite; nothing is scored at run time. A report built for other weights than the running
 classifier's is refused, not shown.
 Call :func:`build_model_tab` inside ``with gr.Tab("Model"):``.
@@ -18,12 +18,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from . import CLASSES
-from .behaviour import band_rows, curves, predictive_values, rates_at
-from .calibration import OPERATING_POINTS
-from .model_report import DEFAULT_REPORT, ModelReport, report_problem
+from .. import CLASSES
+from ..behaviour import band_rows, curves, predictive_values, rates_at
+from ..calibration import OPERATING_POINTS
+from ..model_report import DEFAULT_REPORT, ModelReport, report_problem
 from .plots import reliability_panel
-from .report import percent
+from ..report import percent
 
 SPLIT_HELP = (
     "**validation**: the patient-level split of train/ that the temperature and thresholds were fitted on. "

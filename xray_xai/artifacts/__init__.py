@@ -1,0 +1,1 @@
+"""xray_xai.artifacts."""
