@@ -13,18 +13,16 @@ the checkpoint's validation patients (for evaluation only; the shipped index kee
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..models.classifier import Classifier
 from ..data import Sample, list_samples, validation_samples
 from ..checkpoint import DEFAULT_CHECKPOINT
-from ..models.ood import penultimate_features
+from ..models.features import cached_embed
 from ..preprocess import read_dataset_image
 from ..models.similar import FeatureSpace, IndexCard, SimilarIndex, encode_thumbnail
 
@@ -32,30 +30,6 @@ MAX_THUMBNAIL = 128  # the data rules' limit for thumbnails of train/ films
 
 
 @torch.inference_mode()
-def embed(classifier: Classifier, samples: list[Sample], batch_size: int = 32) -> np.ndarray:
-    """Pooled penultimate features ``(n, d)`` of the films (the app's preprocessing, one pass)."""
-    features = []
-    for start in tqdm(range(0, len(samples), batch_size), desc="embedding", unit="batch", file=sys.stderr):
-        batch = torch.cat([classifier.prepare(read_dataset_image(s.path)) for s in samples[start : start + batch_size]])
-        features.append(penultimate_features(classifier.model, batch).float().numpy())
-    return np.concatenate(features)
-
-
-def cached_embed(classifier: Classifier, samples: list[Sample], cache: Path | None, batch_size: int = 32) -> np.ndarray:
-    """:func:`embed`, kept in ``cache`` (if given) under a key of the classifier weights and the file list,
-    so that building and evaluating the index embed the training films once."""
-    if cache is None:
-        return embed(classifier, samples, batch_size)
-    files = hashlib.sha256("\n".join(str(s.path.resolve()) for s in samples).encode()).hexdigest()
-    path = Path(cache) / f"features-{classifier.card.sha256[:12]}-{files[:12]}.npy"
-    if path.is_file():
-        return np.load(path)
-    features = embed(classifier, samples, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, features)
-    return features
-
-
 def make_thumbnails(samples: list[Sample], size: int, quality: int) -> list[bytes]:
     """Grayscale JPEG thumbnails of the films, ``size`` px square."""
     return [encode_thumbnail(read_dataset_image(s.path), size, quality) for s in samples]
@@ -106,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.exclude_val_patients:
         held_out = {s.path for s in validation_samples(samples, args.checkpoint)}
         samples = [s for s in samples if s.path not in held_out]
-    features = cached_embed(classifier, samples, Path(args.cache) if args.cache else None, args.batch_size)
+    features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in samples], classifier.prepare,
+                            Path(args.cache) if args.cache else None, args.batch_size)
     thumbnails = make_thumbnails(samples, args.thumbnail_size, args.quality)
     build = {
         "command": "python -m xray_xai.artifacts.similar_index " + " ".join(argv if argv is not None else sys.argv[1:]),

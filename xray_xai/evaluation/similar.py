@@ -30,7 +30,7 @@ from ..models.classifier import Classifier
 from ..data import list_samples, validation_samples
 from ..checkpoint import DEFAULT_CHECKPOINT
 from ..models.similar import FeatureSpace, nearest
-from ..artifacts.similar_index import cached_embed
+from ..models.features import cached_embed
 
 K = 5
 FLOOR = 0.85  # minimum shift_dev agreement
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache) if args.cache else None
     classifier = Classifier.load(args.checkpoint)
     train, shift = list_samples(args.data), list_samples(args.shift)
-    features = cached_embed(classifier, train, cache)
-    shift_features = cached_embed(classifier, shift, cache)
+    features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in train], classifier.prepare, cache)
+    shift_features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in shift], classifier.prepare, cache)
     labels, shift_labels = np.array([s.label for s in train]), np.array([s.label for s in shift])
     held_out = {s.path for s in validation_samples(train, args.checkpoint)}
     val = np.array([s.path in held_out for s in train])

@@ -14,7 +14,8 @@ from .framing import is_framed, member_views
 from ..imaging import InputError
 from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard
 from .factory import load_checkpoint
-from .ood import mahalanobis, penultimate_features
+from .features import penultimate_features
+from .ood import mahalanobis
 from ..preprocess import preprocess
 from ..report import percent
 from ..results import BANDS, OperatingPoint, Prediction, confidence_band

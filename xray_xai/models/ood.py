@@ -14,17 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..imaging import LoadedImage
 from ..preprocess import to_model_size
 from ..results import OODResult
-
-
-def penultimate_features(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Pooled features that feed a timm classifier's last layer."""
-    return model.forward_head(model.forward_features(batch), pre_logits=True)
 
 
 def fit_feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

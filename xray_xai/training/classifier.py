@@ -34,7 +34,8 @@ from ..data import SPLIT_SEED, VAL_FRACTION, VAL_PATIENTS_FILE, Sample, describe
 from ..checkpoint import ModelCard, save_checkpoint
 from ..models.factory import create_model, load_checkpoint
 from ..models.framing import unframed
-from ..models.ood import fit_feature_stats, mahalanobis, penultimate_features
+from ..models.features import penultimate_features
+from ..models.ood import fit_feature_stats, mahalanobis
 from ..preprocess import normalize, read_dataset_image, to_model_size
 from .guidance import MASK_DILATION, class_activation_map, dilate, load_masks, outside_share
 from .loop import Schedule, Validation, best_weights, run_epochs
