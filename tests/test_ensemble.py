@@ -19,6 +19,8 @@ from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.explain.occlusion import occlusion_map, occlusion_map_naive
 from xray_xai.pipeline import Options, Pipeline
+from xray_xai.report import band_reason_text, maps_source_text
+from xray_xai.results import BandReason, MapsSource
 from xray_xai.training.classifier import main as train_main
 from xray_xai.training.ensemble import closest_member, explainer_section
 from xray_xai.training.ensemble import main as ensemble_main
@@ -98,11 +100,14 @@ def test_disagreement_and_unusual_input_lower_the_band_with_reasons():
     assert agreed.member_probabilities == (0.96, 0.98)
     split = classifier.decide(0.97, "balanced", [0.88, 0.999])
     assert split.band == "Moderate" and split.label == "PNEUMONIA" and split.confidence == pytest.approx(0.97)
-    assert "disagree" in split.band_reasons[0] and "88.0%" in split.band_reasons[0] and "High to Moderate" in split.band_reasons[0]
+    assert split.band_reasons == (BandReason("members_disagree", "High", "Moderate", low=0.88, high=0.999, members=2, quantile=0.95),)
+    worded = band_reason_text(split.band_reasons[0])
+    assert "disagree" in worded and "88.0%" in worded and "High to Moderate" in worded
     assert classifier.decide(0.03, "balanced", [0.001, 0.2]).band == "Moderate"  # NORMAL answers too
     assert classifier.decide(0.7, "balanced", [0.5, 0.9]).band == "Low"  # Moderate -> Low
     unusual = classifier.decide(0.97, "balanced", [0.96, 0.98], unusual=True)
-    assert unusual.band == "Low" and "unlike the training films" in unusual.band_reasons[0]
+    assert unusual.band == "Low" and unusual.band_reasons[-1] == BandReason("unusual_input", "High", "Low")
+    assert "unlike the training films" in band_reason_text(unusual.band_reasons[-1])
     no_limit = Classifier(None, ensemble_card()).decide(0.97, "balanced", [0.5, 0.999])
     assert no_limit.band == "High" and no_limit.uncertainty == pytest.approx(0.2495)
     single = classifier.decide(0.97, "balanced", [0.97])
@@ -186,10 +191,12 @@ def test_maps_come_from_the_members_the_card_names(tmp_path):
     card.explanations = {"members": [1], "shortcut_threshold": {"gradcam": 0.5}}
     classifier = Classifier(model, card)
     assert classifier.explainer is model.members[1]
-    assert "network 2 of the ensemble's 2" in classifier.maps_source and "whole ensemble's" in classifier.maps_source
+    assert classifier.maps_source == MapsSource((1,), 2)
+    worded = maps_source_text(classifier.maps_source)
+    assert "network 2 of the ensemble's 2" in worded and "whole ensemble's" in worded
     everything = Classifier(model, ensemble_card())
-    assert everything.explainer is model and everything.maps_source == "averaged over the ensemble's 2 networks"
-    assert Classifier(model.members[0], ensemble_card()).maps_source == ""
+    assert everything.explainer is model and maps_source_text(everything.maps_source) == "averaged over the ensemble's 2 networks"
+    assert Classifier(model.members[0], ensemble_card()).maps_source is None
     card.explanations = {"members": [2]}
     with pytest.raises(CheckpointError, match="members 0 to 1"):
         Classifier(model, card).explainer

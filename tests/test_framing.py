@@ -18,6 +18,8 @@ from xray_xai.models.lungs import LungCard, LungMask, LungSegmenter, build_model
 from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.preprocess import normalize, to_model_size
+from xray_xai.report import maps_source_text
+from xray_xai.results import MapsSource
 from xray_xai.training import lung_crops
 from xray_xai.training.classifier import main as train_main
 from xray_xai.training.ensemble import main as ensemble_main
@@ -141,7 +143,9 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
         Classifier(loaded, replace(card, explanations={}))
     explained = Classifier(loaded, replace(card, explanations={"members": [0]}))
     assert explained.explainer is loaded.members[0]
-    assert "network 1 of the ensemble's 2" in explained.maps_source and "network 2 sees only the box around the lungs" in explained.maps_source
+    assert explained.maps_source == MapsSource((0,), 2, lung_box_members=(1,))
+    worded = maps_source_text(explained.maps_source)
+    assert "network 1 of the ensemble's 2" in worded and "network 2 sees only the box around the lungs" in worded
 
     for bad, message in (({**framing, "segmenter_sha256": "0" * 64}, "not the one"), ({**framing, "segmenter": "gone.json"}, "missing"),
                          ({**framing, "lung_box_members": [2]}, "members 0 to 1")):  # fmt: skip

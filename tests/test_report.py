@@ -19,6 +19,7 @@ from xray_xai.results import (
     Agreement,
     Analysis,
     Anatomy,
+    BandReason,
     OODResult,
     OperatingPoint,
     Prediction,
@@ -195,7 +196,7 @@ def test_band_boundaries(probability: float, label: str, shown: str, band: str) 
 
 def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None:
     lowered = Prediction("NORMAL", 0.05, 0.95, "Moderate", BALANCED, uncertainty=0.08, member_probabilities=(0.01, 0.17),
-                         band_reasons=("The 2 networks of the ensemble disagree on this film.",))  # fmt: skip
+                         band_reasons=(BandReason("members_disagree", "High", "Moderate", low=0.01, high=0.17, members=2, quantile=0.95),))  # fmt: skip
     report = build_report(Analysis(lowered))
     findings, summary = section(report, "FINDINGS"), section(report, "QUICK SUMMARY")
     assert "(confidence band: Moderate)" in findings and "Moderate confidence)" in summary and "High" not in summary
@@ -206,7 +207,7 @@ def test_band_is_the_decided_band_with_its_reasons_and_the_uncertainty() -> None
     findings = section(build_report(Analysis(viewed)), "FINDINGS")
     assert ("- Uncertainty: the ensemble's networks see the whole film or only the box around the lungs; "
             "their P(pneumonia): whole film 1.0%; lung box 17.0% (spread") in findings
-    assert "- The 2 networks of the ensemble disagree on this film." in findings
+    assert "- The 2 networks of the ensemble disagree on this film (their P(pneumonia) range from 1.0% to 17.0%)" in findings
     three = replace(viewed, member_probabilities=(0.01, 0.17, 0.405), member_views=("whole film", "lung box", "lung box"))
     assert "their P(pneumonia): whole film 1.0%; lung box 17.0% and 40.5% (spread" in build_report(Analysis(three))
     plain = build_report(Analysis(Prediction("NORMAL", 0.05, 0.95, "High", BALANCED)))

@@ -19,7 +19,7 @@ from xray_xai.models.classifier import UnknownOperatingPoint
 from xray_xai.imaging import InputError, load_image
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Result
 from xray_xai.report import build_report, percent
-from xray_xai.results import Agreement, Analysis, Anatomy, OODResult, OperatingPoint, Prediction
+from xray_xai.results import Agreement, Analysis, Anatomy, BandReason, OODResult, OperatingPoint, Prediction
 from xray_xai.ui.handlers import (
     OPERATING_POINT_CHOICES,
     UI_OUTPUTS,
@@ -89,9 +89,9 @@ def test_percent_edges():
 def test_uncertainty_and_band_reasons_are_shown_when_present():
     single = _prediction(0.93)
     assert "Uncertainty" not in probability_html(single) and "Band lowered" not in badge_html(single)
-    ensemble = _prediction(0.93, uncertainty=0.0412, member_probabilities=(0.89, 0.97), band_reasons=("The members disagree.",))
+    ensemble = _prediction(0.93, uncertainty=0.0412, member_probabilities=(0.89, 0.97), band_reasons=(BandReason("unusual_input", "High", "Low"),))
     assert "Uncertainty ±0.04 (2 members)" in probability_html(ensemble)
-    assert "Band lowered: The members disagree." in badge_html(ensemble)
+    assert "Band lowered: The film looks unlike the training films" in badge_html(ensemble)
 
 
 def test_agreement_markdown_before_and_after_occlusion():

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import DISCLAIMER
 from .imaging import IMAGE_SUFFIXES, InputError
 from .pipeline import Options, Pipeline, Result
+from .report import band_reason_text
 from .results import to_jsonable
 
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
@@ -140,7 +141,7 @@ def result_record(path: str, result: Result) -> dict:
         "label": prediction.label,
         "probability": prediction.probability,
         "band": prediction.band,
-        "band_reasons": list(prediction.band_reasons),
+        "band_reasons": [band_reason_text(r) for r in prediction.band_reasons],
         "uncertainty": prediction.uncertainty,
         "member_probabilities": list(prediction.member_probabilities),
         "member_views": list(prediction.member_views),

@@ -10,7 +10,19 @@ from __future__ import annotations
 import math
 
 from . import DISCLAIMER
-from .results import BAND_EXPLANATION, OUTSIDE_KEY, ZONE_KEYS, Agreement, Analysis, Anatomy, Prediction, SimilarCase, TrackRecord
+from .results import (
+    BAND_EXPLANATION,
+    OUTSIDE_KEY,
+    ZONE_KEYS,
+    Agreement,
+    Analysis,
+    Anatomy,
+    BandReason,
+    MapsSource,
+    Prediction,
+    SimilarCase,
+    TrackRecord,
+)
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 
@@ -213,8 +225,39 @@ def _uncertainty_lines(prediction: Prediction) -> list[str]:
             f"- Uncertainty: {given} (spread, one standard deviation: "
             f"{percent(prediction.uncertainty)}); the larger the spread, the less the answer can be trusted."
         )
-    lines += [f"- {reason}" for reason in prediction.band_reasons]
+    lines += [f"- {band_reason_text(reason)}" for reason in prediction.band_reasons]
     return lines
+
+
+def band_reason_text(reason: BandReason) -> str:
+    """One sentence for a lowered band."""
+    lowered = f"band lowered from {reason.from_band} to {reason.to_band}."
+    if reason.kind == "members_disagree":
+        return (
+            f"The {reason.members} networks of the ensemble disagree on this film (their P(pneumonia) range from "
+            f"{percent(reason.low)} to {percent(reason.high)}), more than on {percent(reason.quantile)} of validation films: {lowered}"
+        )
+    if reason.kind == "unusual_input":
+        return f"The film looks unlike the training films (see the input check): {lowered}"
+    if reason.kind == "evidence_outside_lungs":
+        return (
+            f"The evidence for this answer lies mostly outside the lungs ({percent(reason.share)} of the occlusion map, "
+            f"more than on 95% of validation films, limit {percent(reason.limit)}): {lowered}"
+        )
+    raise ValueError(f"unknown band reason {reason.kind!r}")
+
+
+def maps_source_text(source: MapsSource) -> str:
+    """Which networks the maps come from, in words."""
+    if len(source.members) == source.total:
+        return f"averaged over the ensemble's {source.total} networks"
+    names = ", ".join(str(i + 1) for i in source.members)
+    framed = ", ".join(str(i + 1) for i in source.lung_box_members)
+    lung_box = f"; network {framed} sees only the box around the lungs, so its maps would not be in the film's frame" if framed else ""
+    return (
+        f"from network {names} of the ensemble's {source.total}, the one whose answers are closest to the ensemble's "
+        f"on validation (one network keeps the maps fast){lung_box}; the probability and band are the whole ensemble's"
+    )
 
 
 def format_impression(analysis: Analysis) -> list[str]:
@@ -319,7 +362,7 @@ def _similar_line(analysis: Analysis) -> str | None:
 
 
 def format_reliability(analysis: Analysis) -> list[str]:
-    lines = [f"- Heatmaps: {analysis.maps_source}."] if analysis.maps_source else []
+    lines = [f"- Heatmaps: {maps_source_text(analysis.maps_source)}."] if analysis.maps_source else []
     lines += [_agreement_line(analysis.agreement, analysis.cam_method), _shortcut_line(analysis.anatomy, analysis.cam_method)]
     similar = _similar_line(analysis)
     if similar is not None:

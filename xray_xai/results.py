@@ -46,6 +46,33 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
+class BandReason:
+    """Why the confidence band is lower than the probability alone would give (worded by the report)."""
+
+    kind: str  # "members_disagree" | "unusual_input" | "evidence_outside_lungs"
+    from_band: str
+    to_band: str
+    # members_disagree: the members' lowest and highest P(pneumonia), how many there are, and the
+    # share of validation films whose spread stays under the limit.
+    low: float | None = None
+    high: float | None = None
+    members: int | None = None
+    quantile: float | None = None
+    # evidence_outside_lungs: the maps' share outside the lungs and the validation-fitted limit.
+    share: float | None = None
+    limit: float | None = None
+
+
+@dataclass(frozen=True)
+class MapsSource:
+    """Which networks of an ensemble the maps come from (0-based member indices)."""
+
+    members: tuple[int, ...]
+    total: int
+    lung_box_members: tuple[int, ...] = ()  # members that see only the lung box (their maps are not in the film's frame)
+
+
+@dataclass(frozen=True)
 class Prediction:
     label: str  # "PNEUMONIA" if probability >= operating_point.threshold else "NORMAL"
     probability: float  # calibrated P(pneumonia)
@@ -57,8 +84,8 @@ class Prediction:
     member_probabilities: tuple[float, ...] = ()
     # What each member sees ("whole film" or "lung box"), when the members see the film differently; else ().
     member_views: tuple[str, ...] = ()
-    # Plain-language reasons why the band is lower than the probability alone would give.
-    band_reasons: tuple[str, ...] = ()
+    # Why the band is lower than the probability alone would give, in the order the steps were taken.
+    band_reasons: tuple[BandReason, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,7 +172,7 @@ class Analysis:
     input_warnings: tuple[str, ...] = ()
     cam_method: str = "gradcam"
     explained_class: str = "PNEUMONIA"  # the class whose evidence the maps show
-    maps_source: str = ""  # which network of an ensemble the maps come from, in words ("" for one network)
+    maps_source: MapsSource | None = None  # which networks of an ensemble the maps come from (None: one network)
     anatomy: Anatomy | None = None
     agreement: Agreement | None = None  # None until occlusion has run
     similar: tuple[SimilarCase, ...] = ()  # nearest training films, most similar first; () without an index

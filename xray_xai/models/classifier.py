@@ -17,8 +17,7 @@ from .factory import load_checkpoint
 from .features import penultimate_features
 from .ood import mahalanobis
 from ..preprocess import preprocess
-from ..report import percent
-from ..results import BANDS, OperatingPoint, Prediction, confidence_band
+from ..results import BANDS, BandReason, MapsSource, OperatingPoint, Prediction, confidence_band
 
 
 class UnknownOperatingPoint(InputError):
@@ -67,23 +66,13 @@ def explaining_model(model: torch.nn.Module, chosen: Sequence[int] | None) -> to
     return explainer
 
 
-def maps_source(model: torch.nn.Module, chosen: Sequence[int] | None) -> str:
-    """Which network the maps come from, in words for the report ("" for a single network)."""
+def maps_source(model: torch.nn.Module, chosen: Sequence[int] | None) -> MapsSource | None:
+    """Which networks of an ensemble the maps come from (None for a single network)."""
     if not isinstance(model, Ensemble):
-        return ""
+        return None
     total = len(model.members)
-    if chosen is None or len(chosen) == total:
-        return f"averaged over the ensemble's {total} networks"
-    names = ", ".join(str(int(i) + 1) for i in chosen)
-    framed = [str(i + 1) for i, member in enumerate(model.members) if is_framed(member)]
-    lung_box = (
-        f"; network {', '.join(framed)} sees only the box around the lungs, so its maps would not be in the film's frame"
-        if framed else ""
-    )
-    return (
-        f"from network {names} of the ensemble's {total}, the one whose answers are closest to the ensemble's "
-        f"on validation (one network keeps the maps fast){lung_box}; the probability and band are the whole ensemble's"
-    )
+    members = tuple(range(total)) if chosen is None else tuple(int(i) for i in chosen)
+    return MapsSource(members, total, tuple(i for i, member in enumerate(model.members) if is_framed(member)))
 
 
 @dataclass
@@ -98,9 +87,9 @@ class Classifier:
     card: ModelCard
     ood_mean: np.ndarray | None = None
     ood_precision: np.ndarray | None = None
-    # The network whose Grad-CAM and occlusion maps the app shows, and that choice in words.
+    # The network whose Grad-CAM and occlusion maps the app shows, and which members it is.
     explainer: torch.nn.Module = field(init=False, repr=False)
-    maps_source: str = field(init=False)
+    maps_source: MapsSource | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.explainer = explaining_model(self.model, self.card.explanations.get("members"))
@@ -189,15 +178,13 @@ class Classifier:
         if spread is not None and limit is not None and spread > limit:
             lowered = lower_band(band)
             if lowered != band:
-                low, high = min(member_probabilities), max(member_probabilities)
-                reasons.append(
-                    f"The {len(member_probabilities)} networks of the ensemble disagree on this film "
-                    f"(their P(pneumonia) range from {percent(low)} to {percent(high)}), more than on "
-                    f"{percent(self.card.uncertainty.get('quantile', 0.95))} of validation films: band lowered from {band} to {lowered}."
-                )
+                reasons.append(BandReason(
+                    "members_disagree", band, lowered, low=float(min(member_probabilities)), high=float(max(member_probabilities)),
+                    members=len(member_probabilities), quantile=float(self.card.uncertainty.get("quantile", 0.95)),
+                ))
                 band = lowered
         if unusual and band != "Low":
-            reasons.append(f"The film looks unlike the training films (see the input check): band lowered from {band} to Low.")
+            reasons.append(BandReason("unusual_input", band, "Low"))
             band = "Low"
         return Prediction(
             label,

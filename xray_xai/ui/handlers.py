@@ -25,7 +25,7 @@ from ..explain.cam import CAM_METHODS
 from ..imaging import SUPPORTED, InputError, load_image
 from .overlay import LEGEND
 from ..pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
-from ..report import method_name, percent
+from ..report import band_reason_text, method_name, percent
 from ..results import BAND_EXPLANATION, Agreement, Prediction
 
 BAND_COLOURS = {"High": "#1b7f3b", "Moderate": "#b7791f", "Low": "#9b2c2c"}
@@ -66,7 +66,7 @@ def band_reasons_html(prediction: Prediction) -> str:
     """Why the band is lower than the probability alone would give (nothing when it is not)."""
     if not prediction.band_reasons:
         return ""
-    return f'<div class="band-reasons">Band lowered: {html.escape(" ".join(prediction.band_reasons))}</div>'
+    return f'<div class="band-reasons">Band lowered: {html.escape(" ".join(band_reason_text(r) for r in prediction.band_reasons))}</div>'
 
 
 def uncertainty_text(prediction: Prediction) -> str:
