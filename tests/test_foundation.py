@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patie
 from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.training.classifier import SHARPNESS_KERNEL, SHARPNESS_SIGMA, TrainConfig, augment, mix
+from xray_xai.training.augment import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Augmentation, augment, mix
+from xray_xai.training.classifier import TrainConfig
 from xray_xai.training.classifier import main as train_main
 from xray_xai.training.loop import lr_at
 
@@ -209,19 +211,26 @@ def test_balanced_point_maximises_youden_for_calibrated_probabilities():
 
 def test_augment_keeps_shape_and_range_and_is_seeded():
     batch = torch.rand(6, 1, 32, 32)
-    cfg = TrainConfig()
-    out = augment(batch, cfg, torch.Generator().manual_seed(1))
+    aug = TrainConfig().augmentation
+    out = augment(batch, aug, torch.Generator().manual_seed(1))
     assert out.shape == batch.shape and out.dtype == batch.dtype
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, batch)
-    assert torch.equal(out, augment(batch, cfg, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, augment(batch, aug, torch.Generator().manual_seed(1)))
+    assert torch.allclose(augment(batch, Augmentation(), torch.Generator().manual_seed(1)), batch, atol=1e-6)  # the default changes nothing
+
+
+def test_train_config_describes_its_augmentation_with_its_flat_fields():
+    cfg = TrainConfig(max_rotation_deg=7.0, max_translation=0.05, scale_range=(0.8, 1.2), brightness=0.3, contrast=0.4,
+                      gamma=0.2, sharpness=0.5, blur=1.5, noise=0.01)  # fmt: skip
+    assert cfg.augmentation == Augmentation(rotation_deg=7.0, translation=0.05, scale_range=(0.8, 1.2), brightness=0.3,
+                                            contrast=0.4, gamma=0.2, sharpness=0.5, blur=1.5, noise=0.01)  # fmt: skip
+    assert "augmentation" not in asdict(cfg)  # the saved configuration stays flat
 
 
 def test_gamma_augmentation_is_one_exposure_curve_per_image():
     batch = torch.rand(4, 1, 16, 16) * 0.9 + 0.05
-    still = dict(max_rotation_deg=0.0, max_translation=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0)
-    assert torch.allclose(augment(batch, TrainConfig(**still), torch.Generator().manual_seed(0)), batch, atol=1e-6)
-    out = augment(batch, TrainConfig(**still, gamma=0.4), torch.Generator().manual_seed(0))
+    out = augment(batch, Augmentation(gamma=0.4), torch.Generator().manual_seed(0))
     exponents = torch.log(out) / torch.log(batch)  # out = batch ** g, one g per image
     per_image = exponents.view(4, -1)
     assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-3)
@@ -230,11 +239,10 @@ def test_gamma_augmentation_is_one_exposure_curve_per_image():
 
 
 def test_sharpness_augmentation_blurs_or_sharpens_each_image_and_keeps_smooth_images():
-    still = dict(max_rotation_deg=0.0, max_translation=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0)
     flat = torch.full((3, 1, 24, 24), 0.4)
-    assert torch.allclose(augment(flat, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0)), flat, atol=1e-6)
-    detail = (torch.rand(64, 1, 24, 24) * 0.6 + 0.2)
-    out = augment(detail, TrainConfig(**still, sharpness=0.5), torch.Generator().manual_seed(0))
+    assert torch.allclose(augment(flat, Augmentation(sharpness=0.5), torch.Generator().manual_seed(0)), flat, atol=1e-6)
+    detail = torch.rand(64, 1, 24, 24) * 0.6 + 0.2
+    out = augment(detail, Augmentation(sharpness=0.5), torch.Generator().manual_seed(0))
     blurred = gaussian_blur(detail, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
     gain = ((out - blurred) * (detail - blurred)).sum(dim=(1, 2, 3)) / ((detail - blurred) ** 2).sum(dim=(1, 2, 3))
     assert (gain > 0.5 - 1e-3).all() and (gain < 1.5 + 1e-3).all()
@@ -297,9 +305,9 @@ def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):
-    import xray_xai.training.classifier as train_module
+    import xray_xai.training.finalize as finalize
 
-    monkeypatch.setattr(train_module, "FP16_TOLERANCE", -1.0)  # no float16 file is close enough
+    monkeypatch.setattr(finalize, "FP16_TOLERANCE", -1.0)  # no float16 file is close enough
     make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
     train_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"), "--work", str(tmp_path / "work"),
                 "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "1", "--threads", "1"])  # fmt: skip

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from xray_xai.calibration import brier, ece, nll, sigmoid
-from xray_xai.training.classifier import TrainConfig, calibration_metrics, same_run
+from xray_xai.training.classifier import TrainConfig, same_run
+from xray_xai.training.finalize import calibration_metrics
 
 
 def test_calibration_metrics_score_before_and_after_the_temperature():

@@ -1,8 +1,9 @@
-"""Labelled folders of radiographs and a patient-level validation split.
+"""Labelled folders of radiographs, their reference lung masks, and a patient-level validation split.
 
 A dataset folder is ``DIR/{NORMAL,PNEUMONIA}/*``. Several images can belong to one patient
 (the patient is encoded in the file name), so validation patients are drawn by patient, never
 by image: otherwise near-identical images sit on both sides and validation scores leak.
+A mask folder has the same layout, one ``CLASS/STEM.png`` per film (0 = background, 255 = lung).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
 from . import CLASSES
 from .imaging import IMAGE_SUFFIXES
@@ -115,3 +117,27 @@ def seeded_subset(items: list[T], limit: int, seed: int = 0) -> list[T]:
         return items
     keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
     return [items[i] for i in keep]
+
+
+def select_split(samples: list[Sample], split: str) -> list[Sample]:
+    """``all`` samples, or the ``train`` / ``val`` side of the default patient-level split."""
+    if split == "all":
+        return samples
+    train, val = split_by_patient(samples)
+    return {"train": train, "val": val}[split]
+
+
+def mask_path(sample: Sample, mask_dir: str | Path) -> Path:
+    """Where a film's reference lung mask is: ``mask_dir/CLASS/STEM.png``."""
+    return Path(mask_dir) / sample.path.parent.name / f"{sample.path.stem}.png"
+
+
+def paired(samples: list[Sample], mask_dir: str | Path) -> list[tuple[Sample, Path]]:
+    """Samples that have a reference mask, with its path (images without one are skipped)."""
+    return [(s, mask_path(s, mask_dir)) for s in samples if mask_path(s, mask_dir).is_file()]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A reference lung mask as a boolean array at its own resolution (True = lung)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 127

@@ -17,74 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from tqdm import tqdm
 
-from ..data import Sample, list_samples, split_by_patient
-from ..models.lungs import LungSegmenter, dice, iou
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, sha256_file
+from ..data import Sample, list_samples, paired, read_mask, select_split
+from ..models.lungs import LungSegmenter
 from ..preprocess import read_dataset_image
+from .lung_scoring import evaluate
 
 REFERENCE_COLOUR, PREDICTION_COLOUR = (0, 220, 255), (255, 0, 200)
-
-
-def mask_path(sample: Sample, mask_dir: Path) -> Path:
-    return Path(mask_dir) / sample.path.parent.name / f"{sample.path.stem}.png"
-
-
-def paired(samples: list[Sample], mask_dir: str | Path) -> list[tuple[Sample, Path]]:
-    """Samples that have a reference mask, with its path (images without one are skipped)."""
-    return [(s, mask_path(s, Path(mask_dir))) for s in samples if mask_path(s, Path(mask_dir)).is_file()]
-
-
-def select_split(samples: list[Sample], split: str) -> list[Sample]:
-    """``all`` samples, or the ``train`` / ``val`` side of the patient-level split."""
-    if split == "all":
-        return samples
-    train, val = split_by_patient(samples)
-    return {"train": train, "val": val}[split]
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 127
-
-
-def evaluate(segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], desc: str = "segment") -> tuple[dict, list[dict]]:
-    """Summary metrics and one record per image, each prediction scored at its mask's resolution."""
-    records = []
-    for sample, path in tqdm(pairs, desc=desc, file=sys.stderr, leave=False):
-        reference = read_mask(path)
-        lung = segmenter.segment(read_dataset_image(sample.path))
-        predicted = lung.resized(*reference.shape)
-        records.append({
-            "image": f"{sample.path.parent.name}/{sample.path.name}",
-            "size": list(reference.shape),
-            "dice": dice(predicted, reference),
-            "iou": iou(predicted, reference),
-            "plausible": lung.ok,
-            "note": lung.note,
-        })
-    return summarize(records), records
-
-
-def summarize(records: list[dict]) -> dict:
-    if not records:
-        raise ValueError("no image with a reference mask to evaluate")
-    dices = np.array([r["dice"] for r in records])
-    return {
-        "n": len(records),
-        "dice_mean": float(dices.mean()),
-        "dice_p05": float(np.percentile(dices, 5)),
-        "dice_min": float(dices.min()),
-        "iou_mean": float(np.mean([r["iou"] for r in records])),
-        "plausible_fraction": float(np.mean([r["plausible"] for r in records])),
-    }
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,35 +23,46 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from timm.utils import ModelEmaV3
-from scipy.ndimage import gaussian_filter
-from torchvision.transforms.v2.functional import gaussian_blur
-from tqdm import tqdm
 
 from .. import CLASSES
-from ..calibration import brier, ece, fit_temperature, nll, operating_points, sigmoid
-from ..data import SPLIT_SEED, VAL_FRACTION, VAL_PATIENTS_FILE, Sample, describe_split, list_samples, seeded_subset, split_by_patient, validation_samples
-from ..checkpoint import ModelCard, save_checkpoint
+from ..calibration import fit_temperature, operating_points, sigmoid
+from ..checkpoint import ModelCard
+from ..data import (
+    SPLIT_SEED,
+    VAL_FRACTION,
+    VAL_PATIENTS_FILE,
+    describe_split,
+    list_samples,
+    seeded_subset,
+    split_by_patient,
+    validation_samples,
+)
 from ..models.factory import create_model, load_checkpoint
-from ..models.framing import unframed
-from ..models.features import penultimate_features
 from ..models.ood import fit_feature_stats, mahalanobis
-from ..preprocess import normalize, read_dataset_image, to_model_size
+from .augment import Augmentation, augment, flatten_some, mix, photometric, warp
+from .finalize import (
+    NORMALISATION,
+    calibration_metrics,
+    load_pixels,
+    measure_latency,
+    predict_logits,
+    save_within_tolerance,
+    to_input,
+)
 from .guidance import MASK_DILATION, class_activation_map, dilate, load_masks, outside_share
 from .loop import Schedule, Validation, best_weights, run_epochs
 
-NORMALISATION = (0.5, 0.25)  # mean and std applied to [0, 1] pixels
-SHARPNESS_SIGMA = 1.0  # px at 224: the scale of the detail that the sharpness augmentation scales
-SHARPNESS_KERNEL = 7  # +- 3 sigma
-FEATURELESS_SIGMA = (8.0, 16.0)  # px at 224: every rib, vessel and opacity gone (16 = the occlusion baseline)
 # A film without visible structure carries no evidence either way: its target is 50/50 after the
 # prior correction (see ``soft_target``), not the training prior, so that a soft film is never
 # called pneumonia for its softness.
 FEATURELESS_TARGET = 0.5
-FP16_TOLERANCE = 1e-3  # float16 kernels are stored only if every validation probability stays this close
 
 
 @dataclass
 class TrainConfig:
+    """Everything that defines a classifier run. The fields stay flat: each run saves them as a
+    dict and a rerun resumes only if they match (:func:`same_run`)."""
+
     arch: str = "resnet18"
     input_size: int = 224
     epochs: int = 8
@@ -82,81 +92,20 @@ class TrainConfig:
     mask_dilation: int = MASK_DILATION  # px at 224 added around each reference lung mask for the guidance
     bf16: bool = False  # forward and backward under bfloat16 autocast (validation and the saved model stay float32)
 
-
-def load_pixels(samples: list[Sample], size: int, desc: str) -> torch.Tensor:
-    """Decode every image once into a ``(n, 1, size, size)`` float16 tensor of [0, 1] pixels."""
-    out = torch.empty((len(samples), 1, size, size), dtype=torch.float16)
-    for i, sample in enumerate(tqdm(samples, desc=desc, file=sys.stderr, leave=False)):
-        out[i, 0] = torch.from_numpy(to_model_size(read_dataset_image(sample.path), size))
-    return out
-
-
-def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Radiograph-safe augmentation of [0, 1] pixels: :func:`warp` then :func:`photometric`.
-
-    No horizontal flip: chest anatomy is not left-right symmetric (heart, aortic arch, gastric
-    bubble, the side marker), a mirrored film is not a realistic input, and the report names
-    the patient's side from the map.
-    """
-    return photometric(warp(batch, cfg, generator), cfg, generator)
-
-
-def warp(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Small rotation, translation and scale (patient positioning varies), batched with one
-    ``grid_sample``; every channel moves alike, so a lung mask stacked on a film stays on it."""
-    n = batch.shape[0]
-    angle = torch.deg2rad(_uniform(n, -cfg.max_rotation_deg, cfg.max_rotation_deg, generator))
-    scale = _uniform(n, *cfg.scale_range, generator)
-    shift = _uniform(n, -cfg.max_translation, cfg.max_translation, generator), _uniform(n, -cfg.max_translation, cfg.max_translation, generator)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
-    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def photometric(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Gamma, brightness and contrast (exposure and processing vary), and a random
-    blur-or-sharpen (detector and post-processing vary; in the training set pneumonia films are
-    on average blurrier than normal ones, so global sharpness would otherwise be a shortcut),
-    plus, as options, a label-keeping Gaussian blur of up to ``blur`` px and sensor noise, for
-    films from softer or noisier acquisitions than the training batch."""
-    n, out = batch.shape[0], batch
-    if cfg.gamma > 0:
-        out = out.clamp_min(0) ** torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, generator)).view(n, 1, 1, 1)
-    if cfg.sharpness > 0:
-        blurred = gaussian_blur(out, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
-        out = blurred + (1 + _uniform(n, -cfg.sharpness, cfg.sharpness, generator)).view(n, 1, 1, 1) * (out - blurred)
-    if cfg.blur > 0:
-        sigma = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, cfg.blur, generator), torch.zeros(n))
-        out = blur_each(out, sigma)
-    if cfg.noise > 0:
-        std = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, cfg.noise, generator), torch.zeros(n))
-        out = out + std.view(n, 1, 1, 1) * torch.randn(out.shape, generator=generator)
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(n, 1, 1, 1)
-    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).view(n, 1, 1, 1)
-    return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
-
-
-def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator)
-
-
-def flatten_some(batch: torch.Tensor, share: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blur about ``share`` of the images flat (sigma in ``FEATURELESS_SIGMA``); returns the batch and which ones."""
-    n = batch.shape[0]
-    chosen = torch.rand(n, generator=generator) < share
-    lo, hi = FEATURELESS_SIGMA
-    sigma = torch.where(chosen, lo + (hi - lo) * torch.rand(n, generator=generator), torch.zeros(n))
-    return blur_each(batch, sigma), chosen
-
-
-def blur_each(batch: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur of each ``(1, H, W)`` image with its own sigma in px (0 = unchanged; reflected borders)."""
-    out = batch.clone()
-    for i in torch.nonzero(sigma > 0).flatten().tolist():
-        out[i, 0] = torch.from_numpy(gaussian_filter(batch[i, 0].numpy(), float(sigma[i]), mode="reflect"))
-    return out
+    @property
+    def augmentation(self) -> Augmentation:
+        """The augmentation these (flat, saved and compared) fields describe."""
+        return Augmentation(
+            rotation_deg=self.max_rotation_deg,
+            translation=self.max_translation,
+            scale_range=tuple(self.scale_range),
+            brightness=self.brightness,
+            contrast=self.contrast,
+            gamma=self.gamma,
+            sharpness=self.sharpness,
+            blur=self.blur,
+            noise=self.noise,
+        )
 
 
 def soft_target(labels: torch.Tensor, featureless: torch.Tensor) -> torch.Tensor:
@@ -169,18 +118,6 @@ def soft_target(labels: torch.Tensor, featureless: torch.Tensor) -> torch.Tensor
     return torch.where(featureless, torch.full_like(labels, FEATURELESS_TARGET), labels)
 
 
-def mix(pixels: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup (Zhang et al. 2018): blend each film and its target with a random other film of the
-    batch, weight ``lam ~ Beta(alpha, alpha)`` per film. Trained on blends, a network is less
-    over-confident away from its training films (Thulasidasan et al. 2019)."""
-    n = pixels.shape[0]
-    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-    lam = torch.from_numpy(rng.beta(alpha, alpha, n)).float()
-    other = torch.randperm(n, generator=generator)
-    mixed = lam.view(n, 1, 1, 1) * pixels + (1 - lam).view(n, 1, 1, 1) * pixels[other]
-    return mixed, lam * targets + (1 - lam) * targets[other]
-
-
 def initial_weights(card_path: str, arch: str) -> dict[str, torch.Tensor]:
     """Weights of a saved classifier to fine-tune from, with its prior correction taken back out
     of the bias (training runs on the class-balanced loss again)."""
@@ -191,38 +128,6 @@ def initial_weights(card_path: str, arch: str) -> dict[str, torch.Tensor]:
     bias = next(k for k in state if k.endswith("bias") and k.startswith(("fc.", "head.", "classifier.")))
     state[bias] -= float(card.training.get("prior_correction", 0.0))
     return state
-
-
-def to_input(pixels: torch.Tensor) -> torch.Tensor:
-    mean, std = NORMALISATION
-    return normalize(pixels.float(), mean, std).contiguous(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def predict_logits(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 64, features: bool = False):
-    """Logits (and optionally penultimate features) of [0, 1] pixels, in batches."""
-    model.eval()
-    logits, feats = [], []
-    for start in range(0, len(pixels), batch_size):
-        x = to_input(pixels[start : start + batch_size])
-        f = penultimate_features(model, x)
-        feats.append(f)
-        logits.append(model.get_classifier()(f).squeeze(1))
-    logit_array = torch.cat(logits).double().numpy()
-    return (logit_array, torch.cat(feats).double().numpy()) if features else logit_array
-
-
-def measure_latency(model: torch.nn.Module, size: int, repeats: int = 20) -> float:
-    """Median single-image forward time in milliseconds."""
-    x = torch.zeros(1, 1, size, size).contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -273,12 +178,14 @@ def train(args: argparse.Namespace) -> ModelCard:
     # Class imbalance: weigh positives so both classes carry equal total weight.
     pos_weight = torch.tensor((len(y_train) - y_train.sum()) / max(1, y_train.sum()), dtype=torch.float32)
 
+    aug = cfg.augmentation
+
     def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if cfg.lung_guidance > 0:
-            warped = warp(torch.cat([x_train[index].float(), masks[index].float()], dim=1), cfg, generator)
-            pixels, batch_masks = photometric(warped[:, :1], cfg, generator), warped[:, 1:] > 0.5
+            warped = warp(torch.cat([x_train[index].float(), masks[index].float()], dim=1), aug, generator)
+            pixels, batch_masks = photometric(warped[:, :1], aug, generator), warped[:, 1:] > 0.5
         else:
-            pixels = augment(x_train[index].float(), cfg, generator)
+            pixels = augment(x_train[index].float(), aug, generator)
         featureless = torch.zeros(len(index), dtype=torch.bool)
         if cfg.featureless > 0:
             pixels, featureless = flatten_some(pixels, cfg.featureless, generator)
@@ -378,28 +285,6 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
         json.dumps({"seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
     )
     return card
-
-
-def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
-    """NLL, ECE and Brier score of validation probabilities before and after the temperature: the
-    model card's evidence that calibration helped (the same keys for single networks and ensembles)."""
-    probs = {"before": sigmoid(logits), "after": sigmoid(logits / temperature)}
-    return {f"{name}_{when}": score(p, labels) for name, score in (("nll", nll), ("ece", ece), ("brier", brier)) for when, p in probs.items()}
-
-
-def save_within_tolerance(model, card: ModelCard, card_path: Path, extras: dict, x_val: torch.Tensor, cal_p: np.ndarray) -> ModelCard:
-    """Write the checkpoint with float16 convolution kernels (half the file) if the calibrated
-    validation probabilities stay within ``FP16_TOLERANCE`` of the float32 model that was
-    calibrated, else in float32; the measured difference goes into the card."""
-    for dtype in (torch.float16, torch.float32):
-        save_checkpoint(unframed(model), card, card_path, extras, dtype=dtype)
-        reloaded, card, _ = load_checkpoint(card_path)
-        stored_p = sigmoid(predict_logits(reloaded, x_val) / card.temperature)
-        difference = float(np.max(np.abs(stored_p - cal_p)))
-        if difference <= FP16_TOLERANCE:
-            break
-    card.validation["stored_weights_max_abs_prob_diff"] = difference
-    return save_checkpoint(unframed(reloaded), card, card_path, extras, dtype=dtype)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,14 +44,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ..calibration import ece, fit_temperature, nll, operating_points, sigmoid
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard, round_kernels
 from ..data import VAL_PATIENTS_FILE, describe_split, list_samples, split_with_patients
 from ..models.ensemble import Ensemble
+from ..models.factory import load_checkpoint
 from ..models.framing import LUNG_BOX_MARGIN, frame_members
 from ..models.lungs import LungSegmenter
-from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard, round_kernels
-from ..models.factory import load_checkpoint
 from ..models.ood import fit_feature_stats, mahalanobis
-from .classifier import blur_each, calibration_metrics, load_pixels, measure_latency, predict_logits, save_within_tolerance
+from .augment import blur_each
+from .finalize import calibration_metrics, load_pixels, measure_latency, predict_logits, save_within_tolerance
 
 # Perturbations of the validation films that the temperature must hold on: softer films
 # (Gaussian blur, px at 224), noisier films and other exposures (gamma). Clean films are always included.

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,23 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..data import SPLIT_SEED, VAL_FRACTION, Sample, describe_split, list_samples, seeded_subset
-from ..evaluation.lungs import evaluate, paired, read_mask, select_split
-from ..models.lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..checkpoint import save_checkpoint
+from ..data import (
+    SPLIT_SEED,
+    VAL_FRACTION,
+    Sample,
+    describe_split,
+    list_samples,
+    paired,
+    read_mask,
+    seeded_subset,
+    select_split,
+)
+from ..evaluation.lung_scoring import evaluate
+from ..models.lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..preprocess import normalize, to_model_size
-from .classifier import NORMALISATION, TrainConfig, augment, load_pixels
+from .augment import Augmentation, augment
+from .finalize import NORMALISATION, load_pixels
 from .loop import Schedule, Validation, best_weights, run_epochs
 
 
@@ -72,14 +83,12 @@ def load_masks(pairs: list[tuple[Sample, Path]], size: int, desc: str) -> torch.
 def augment_pair(images: torch.Tensor, masks: torch.Tensor, cfg: LungTrainConfig, generator: torch.Generator):
     """One random small affine applied to image and mask alike, then brightness/contrast on the image.
 
-    Reuses the classifier's batched augmentation: geometry on the stacked (image, mask) channels
-    with intensity changes off, then intensity on the image with geometry off (an identity warp).
+    Two passes of :func:`~xray_xai.training.augment.augment`: geometry only on the stacked
+    (image, mask) channels, then intensity only on the image (an identity warp).
     """
-    base = TrainConfig(max_rotation_deg=cfg.max_rotation_deg, max_translation=cfg.max_translation,
-                       scale_range=cfg.scale_range, brightness=0.0, contrast=0.0)
-    warped = augment(torch.cat([images, masks], dim=1), base, generator)
-    intensity = replace(base, max_rotation_deg=0.0, max_translation=0.0, scale_range=(1.0, 1.0),
-                        brightness=cfg.brightness, contrast=cfg.contrast)
+    geometry = Augmentation(rotation_deg=cfg.max_rotation_deg, translation=cfg.max_translation, scale_range=tuple(cfg.scale_range))
+    intensity = Augmentation(brightness=cfg.brightness, contrast=cfg.contrast)
+    warped = augment(torch.cat([images, masks], dim=1), geometry, generator)
     return augment(warped[:, :1], intensity, generator), warped[:, 1:]
 
 
