@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_curve
+from scipy.special import expit
+from sklearn.metrics import brier_score_loss, log_loss
 
 OPERATING_POINTS = ("balanced", "screening", "rule_in")
-SCREENING_MIN_SENSITIVITY = 0.95
-RULE_IN_MIN_SPECIFICITY = 0.90
+SCREENING_MIN_SENSITIVITY = 0.99
+RULE_IN_MIN_SPECIFICITY = 0.99
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+    """The logistic function in float64 (:func:`scipy.special.expit`, stable for large ``|x|``)."""
+    return expit(np.asarray(x, dtype=np.float64))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -33,13 +35,17 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of P(positive) (:func:`sklearn.metrics.log_loss`).
+
+    Probabilities are clipped to [1e-12, 1 - 1e-12] first, as this function always did, so that a
+    confident mistake costs at most -log(1e-12) whatever sklearn's own clipping."""
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(log_loss(np.asarray(labels).astype(int), p, labels=[0, 1]))
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean((np.asarray(probs, dtype=np.float64) - np.asarray(labels)) ** 2))
+    """Mean squared error of P(positive) against the 0/1 label (:func:`sklearn.metrics.brier_score_loss`)."""
+    return float(brier_score_loss(np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64), labels=[0, 1]))
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
@@ -71,32 +77,76 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     )
 
 
-def operating_points(probs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
+    """Every threshold that splits the scores differently, in increasing order: 0 (everything
+    positive), the midpoints between neighbouring distinct scores (0 and 1 count as neighbours
+    of the lowest and highest), and the float just above 1 (nothing positive)."""
+    scores = np.unique(np.concatenate(([0.0], np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0), [1.0])))
+    return np.concatenate(([0.0], (scores[:-1] + scores[1:]) / 2, [np.nextafter(1.0, 2.0)]))
+
+
+def rates_at(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity of ``p >= t`` for each threshold ``t`` (NaN for a class with no films)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    positives, negatives = np.sort(probs[labels == 1]), np.sort(probs[labels == 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = (len(positives) - np.searchsorted(positives, thresholds, side="left")) / len(positives)
+        specificity = np.searchsorted(negatives, thresholds, side="left") / len(negatives)
+    return sensitivity, specificity
+
+
+def _point(probs: np.ndarray, labels: np.ndarray, threshold: float, target: str, rule: str) -> dict:
+    sensitivity, specificity = rates_at(probs, labels, np.array([threshold]))
+    return {
+        "threshold": float(threshold),
+        "sensitivity": float(sensitivity[0]),
+        "specificity": float(specificity[0]),
+        "target": target,
+        "rule": rule,
+    }
+
+
+def operating_points(probs: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
     """The three named thresholds on calibrated P(pneumonia); a case is positive when ``p >= threshold``.
+
+    Their order ``screening <= balanced <= rule_in`` holds by construction, so screening never
+    misses more than balanced and rule-in never raises more false alarms than balanced.
 
     - ``balanced``: the prevalence of pneumonia in ``labels``. For calibrated probabilities this
       is the threshold that maximises Youden's J = sensitivity + specificity - 1 (predict
       pneumonia when p / prevalence > (1 - p) / (1 - prevalence)). The empirical maximum of J is
       not used: on a few hundred validation films J is flat over a wide range of thresholds
       (within a handful of films), so its arg-max jumps with the sample.
-    - ``screening``: the highest threshold whose sensitivity is >= 0.95.
-    - ``rule_in``: the lowest threshold whose specificity is >= 0.90.
+    - ``screening``: the highest threshold whose sensitivity is >= 0.99, and no higher than
+      balanced.
+    - ``rule_in``: the lowest threshold whose specificity is >= 0.99, and no lower than balanced.
+
+    Screening and rule-in thresholds are midpoints between neighbouring scores
+    (:func:`candidate_thresholds`), never a film's own score, so a film does not sit on the
+    boundary. On nearly separable validation data a whole range of thresholds meets a target;
+    taking its far end (the highest for sensitivity, the lowest for specificity) and clamping at
+    balanced keeps each point on its own side of balanced. Each point records its ``target`` and
+    ``rule`` in words; ``sensitivity`` and ``specificity`` are measured on ``labels`` at the final
+    threshold.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
-    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
-    spec = 1 - fpr
-    # roc_curve orders thresholds from high to low.
-    points = {
-        name: {"threshold": float(thresholds[i]), "sensitivity": float(tpr[i]), "specificity": float(spec[i])}
-        for name, i in (
-            ("screening", int(np.flatnonzero(tpr >= SCREENING_MIN_SENSITIVITY)[0])),
-            ("rule_in", int(np.flatnonzero(spec >= RULE_IN_MIN_SPECIFICITY)[-1])),
-        )
-    }
     prevalence = float(labels.mean())
-    predicted = probs >= prevalence
-    balanced = {"threshold": prevalence, "sensitivity": float(predicted[labels == 1].mean()), "specificity": float((~predicted[labels == 0]).mean())}
-    return {"balanced": balanced, **points}
+    candidates = candidate_thresholds(probs)
+    sensitivity, specificity = rates_at(probs, labels, candidates)
+    # An empty class meets its target vacuously (NaN compares False, so test for it explicitly).
+    meets_sensitivity = np.isnan(sensitivity) | (sensitivity >= SCREENING_MIN_SENSITIVITY)
+    meets_specificity = np.isnan(specificity) | (specificity >= RULE_IN_MIN_SPECIFICITY)
+    # Candidate 0 has sensitivity 1 and the last candidate specificity 1, so both sets are non-empty.
+    screening = min(float(candidates[np.flatnonzero(meets_sensitivity)[-1]]), prevalence)
+    rule_in = max(float(candidates[np.flatnonzero(meets_specificity)[0]]), prevalence)
+    return {
+        "balanced": _point(probs, labels, prevalence, "maximum Youden's J for calibrated probabilities",
+                           "the validation prevalence of pneumonia"),
+        "screening": _point(probs, labels, screening, f"validation sensitivity >= {SCREENING_MIN_SENSITIVITY}",
+                            "the highest midpoint between validation scores meeting the target, at most balanced"),
+        "rule_in": _point(probs, labels, rule_in, f"validation specificity >= {RULE_IN_MIN_SPECIFICITY}",
+                          "the lowest midpoint between validation scores meeting the target, at least balanced"),
+    }
