@@ -10,7 +10,9 @@ import torch
 
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.models.classifier import Classifier
-from xray_xai.evaluation.classifier import Scored, band_metrics, blur_input, main
+from xray_xai.evaluation.checkpoint_metrics import band_metrics
+from xray_xai.evaluation.classifier import main
+from xray_xai.evaluation.scoring import Scored, blur_input
 from xray_xai.checkpoint import ModelCard
 
 

@@ -1,4 +1,5 @@
-"""The evaluation CLI end to end on a tiny model and dataset, and its metric helpers."""
+"""The evaluation CLI end to end on a tiny model and dataset, the JSON sections that read the card,
+and the metrics and bootstrap intervals of :mod:`xray_xai.metrics`."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai import CLASSES
 from xray_xai.models.classifier import Classifier
 from xray_xai.data import list_samples
-from xray_xai.evaluation.classifier import (
-    bootstrap_auroc_ci,
-    compute_metrics,
+from xray_xai.evaluation.checkpoint_metrics import compute_metrics
+from xray_xai.evaluation.classifier import main
+from xray_xai.metrics import (
+    auroc_interval,
+    bootstrap_interval,
     ece_interval,
-    main,
     paired_auroc_difference,
     share_interval,
     threshold_metrics,
@@ -219,34 +221,42 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 40)
     scores = labels + rng.normal(0, 1, 80)
-    first = bootstrap_auroc_ci(labels, scores, 300, seed=7)
-    assert first == bootstrap_auroc_ci(labels, scores, 300, seed=7)
-    assert first != bootstrap_auroc_ci(labels, scores, 300, seed=8)
+    first = auroc_interval(labels, scores, 300, seed=7)
+    assert first == auroc_interval(labels, scores, 300, seed=7)
+    assert first != auroc_interval(labels, scores, 300, seed=8)
     assert first[0] < roc_auc_score(labels, scores) < first[1]
-    assert bootstrap_auroc_ci(np.zeros(10), scores[:10], 100) is None
+    assert auroc_interval(np.zeros(10), scores[:10], 100) is None
 
 
-def manual_bootstrap(labels: np.ndarray, statistic, n: int, seed: int) -> list[float]:
-    """The percentile bootstrap written out: resample films, skip one-class resamples."""
-    rng, values = np.random.default_rng(seed), []
-    for _ in range(n):
-        index = rng.integers(0, len(labels), len(labels))
-        if len(set(labels[index])) == 2:
-            values.append(statistic(index))
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+def test_bootstrap_resamples_films_within_each_class_and_pairs_every_array():
+    labels = np.repeat([0, 1], [30, 50])
+    seen = []
+    interval = bootstrap_interval(labels, lambda i: seen.append(i) or float(labels[i].sum()), 200, seed=0)
+    assert interval == [50.0, 50.0]  # every resample holds exactly the 30 NORMAL and 50 PNEUMONIA films...
+    assert len(seen) >= 200 and all(len(i) == 80 and len(set(i)) < 80 for i in seen[-200:])  # ...drawn with replacement
+    # One index selects all arrays: a statistic of two copies of the same scores never differs.
+    rng = np.random.default_rng(2)
+    scores = labels + rng.normal(0, 1, 80)
+    assert bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], scores[i]) - roc_auc_score(labels[i], scores.copy()[i]), 100) == [0.0, 0.0]
 
 
-def test_share_and_ece_intervals_are_the_percentile_bootstrap_of_their_statistic():
+def test_share_and_ece_intervals_measure_the_sampling_spread():
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1], [60, 140])
     probs = np.clip(0.7 * labels + rng.normal(0.15, 0.2, 200), 0, 1)
     right = (probs >= 0.5) == labels
-    accuracy = share_interval(labels, right, 400, seed=5)
-    assert accuracy == manual_bootstrap(labels, lambda i: right[i].mean(), 400, 5)
-    assert accuracy[0] < right.mean() < accuracy[1] and accuracy[1] - accuracy[0] > 0.03
+    accuracy = share_interval(labels, right, 1000, seed=5)
+    assert accuracy == share_interval(labels, right, 1000, seed=5)
+    assert accuracy[0] < right.mean() < accuracy[1]
+    # Resampling within each class removes the class-mix part of the variance: no wider than the
+    # unstratified (Wald) interval, and not much narrower here, where accuracy differs little by class.
+    wald = 2 * 1.96 * np.sqrt(right.mean() * (1 - right.mean()) / len(right))
+    assert 0.7 * wald < accuracy[1] - accuracy[0] < 1.1 * wald
     calibration = ece_interval(labels, probs, 400, seed=5)
-    assert calibration == pytest.approx(manual_bootstrap(labels, lambda i: expected_calibration_error(probs[i], labels[i]), 400, 5))
-    assert calibration[0] < calibration[1]
+    assert 0 <= calibration[0] < calibration[1] <= 1
     assert share_interval(labels, np.ones(200, bool), 100) == [1.0, 1.0]
+    # No interval: no resamples, no films, one class, or one film of a class (it would be in every resample).
     assert share_interval(labels, right, 0) is None and ece_interval(labels, probs, 0) is None
     assert share_interval(labels[:0], right[:0], 100) is None
+    assert share_interval(labels[:60], right[:60], 100) is None
+    assert share_interval(labels[59:], right[59:], 100) is None and share_interval(labels[58:], right[58:], 100) is not None

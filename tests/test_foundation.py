@@ -22,7 +22,6 @@ from xray_xai.preprocess import preprocess, to_model_size
 from xray_xai.training.augment import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Augmentation, augment, mix
 from xray_xai.training.classifier import TrainConfig
 from xray_xai.training.classifier import main as train_main
-from xray_xai.training.loop import lr_at
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -260,14 +259,6 @@ def test_mixup_blends_each_film_and_its_target_with_the_same_weight():
     assert (~torch.isclose(mixed[:, 0, 0, 0], torch.arange(16).float(), atol=0.1)).sum() >= 4  # real blends
     again, y_again = mix(pixels, targets, 0.4, torch.Generator().manual_seed(0))
     assert torch.equal(again, mixed) and torch.equal(y_again, y)
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    total, warmup, base = 100, 10, 1e-3
-    lrs = np.array([lr_at(step, total, warmup, base) for step in range(total)])
-    assert np.all(np.diff(lrs[:warmup]) > 0) and lrs[warmup - 1] == pytest.approx(base)
-    assert lrs[warmup] == pytest.approx(base)
-    assert np.all(np.diff(lrs[warmup:]) <= 0) and lrs[-1] < 0.01 * base
 
 
 def test_training_cli_end_to_end_and_resume(tmp_path, capsys):

@@ -1,12 +1,14 @@
-"""The shared epoch loop: resuming from ``last`` and keeping the best-scoring weights."""
+"""The shared epoch loop: the learning-rate schedule, resuming from ``last`` and keeping the best-scoring weights."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from timm.utils import ModelEmaV3
 
-from xray_xai.training.loop import Schedule, Validation, best_weights, run_epochs
+from xray_xai.training.loop import Schedule, Validation, best_weights, lr_scheduler, run_epochs
 
 SCHEDULE = Schedule(epochs=3, batch_size=4, lr=0.05, warmup_epochs=0.5, seed=1)
 # Validation scores by epoch: the best is epoch 2's raw weights.
@@ -89,3 +91,43 @@ def test_a_finished_run_trains_no_more_and_another_configuration_is_refused(tmp_
     assert again()["epoch"] == 3 and again.epochs_validated == []
     with pytest.raises(SystemExit, match="another configuration"):
         Run(tmp_path, config={"lr": 0.1})()
+
+
+def former_lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """The hand-written schedule the loop used before timm's CosineLRScheduler."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def scheduled_lrs(schedule: Schedule, steps_per_epoch: int, steps) -> np.ndarray:
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=123.0)  # the schedule's lr wins
+    scheduler = lr_scheduler(optimizer, schedule, steps_per_epoch)
+    rates = []
+    for step in steps:
+        scheduler.step_update(step)
+        rates.append(optimizer.param_groups[0]["lr"])
+    return np.array(rates)
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, warmup_epochs", [(139, 8, 1.0), (10, 10, 1.0), (7, 6, 0.5), (5, 3, 0.0), (1, 2, 1.0)])
+def test_lr_schedule_warms_up_then_decays_to_zero_as_the_former_schedule(steps_per_epoch, epochs, warmup_epochs):
+    base = 2e-3
+    schedule = Schedule(epochs=epochs, batch_size=32, lr=base, warmup_epochs=warmup_epochs, seed=0)
+    total, warmup = steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch)
+    lrs = scheduled_lrs(schedule, steps_per_epoch, range(total))
+    former = np.array([former_lr_at(step, total, warmup, base) for step in range(total)])
+    # The cosine decay is the former one exactly; the warm-up ramps linearly from base / warmup to
+    # base, as before, but reaches it one step later (at most base / warmup off, 0.7% at 139 steps).
+    assert lrs[warmup:] == pytest.approx(former[warmup:], rel=1e-12, abs=0)
+    assert np.all(np.abs(lrs[:warmup] - former[:warmup]) <= base / max(1, warmup) * (1 - 1 / max(1, warmup)) + 1e-15)
+    if warmup:
+        assert lrs[0] == pytest.approx(base / warmup) and np.all(np.diff(lrs[:warmup]) > 0)
+    assert lrs[warmup] == pytest.approx(base) and np.all(np.diff(lrs[warmup:]) <= 0)
+    assert lrs[-1] < 0.01 * base or total - warmup < 50  # decays towards zero at the last step
+
+
+def test_lr_of_a_step_does_not_depend_on_the_steps_before():
+    schedule = Schedule(epochs=4, batch_size=8, lr=0.1, warmup_epochs=1.0, seed=0)
+    in_order = scheduled_lrs(schedule, 10, range(40))
+    assert scheduled_lrs(schedule, 10, [25, 3, 39, 10]).tolist() == in_order[[25, 3, 39, 10]].tolist()  # as after a resume

@@ -1,7 +1,8 @@
 """The epoch loop shared by the trainers: resumable state, per-epoch log and the best weights.
 
 Every epoch runs the mini-batches in a seeded random order under a linear warm-up then cosine
-learning rate, updates an EMA of the weights, then scores the raw and the EMA weights on
+learning rate (timm's ``CosineLRScheduler``, set from the step number alone, so a resumed run
+continues the schedule exactly), updates an EMA of the weights, then scores the raw and the EMA weights on
 validation; weights that beat every earlier score go to ``WORK/best.safetensors``. The model,
 EMA and optimizer state are saved to ``WORK/last`` after every epoch (safetensors + JSON,
 nothing pickled), and a rerun resumes after the last finished epoch.
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
@@ -50,11 +52,25 @@ class Validation:
     summary: str
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, steps_per_epoch: int) -> CosineLRScheduler:
+    """Per-step learning rate of ``schedule``: a linear warm-up over ``warmup_epochs`` from
+    ``lr / warmup steps`` to ``lr``, then a cosine decay to zero at the last step of ``epochs``.
+
+    The rate of a step depends on the step alone (``scheduler.step_update(step)``), never on the
+    scheduler's history, so a resumed run needs no saved scheduler state.
+    """
+    total, warmup = steps_per_epoch * schedule.epochs, int(schedule.warmup_epochs * steps_per_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = schedule.lr  # the peak rate, whatever the optimizer was created or resumed with
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total - warmup),
+        lr_min=0.0,
+        warmup_t=warmup,
+        warmup_lr_init=schedule.lr / warmup if warmup else 0.0,
+        warmup_prefix=True,  # the cosine starts after the warm-up
+        t_in_epochs=False,
+    )
 
 
 def save_state(path: Path, model: torch.nn.Module, ema: ModelEmaV3, optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -118,7 +134,7 @@ def run_epochs(
         "epoch": 0, best_key: -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": config,
     }
     steps_per_epoch = math.ceil(n_train / schedule.batch_size)
-    total_steps, warmup = steps_per_epoch * schedule.epochs, int(schedule.warmup_epochs * steps_per_epoch)
+    scheduler = lr_scheduler(optimizer, schedule, steps_per_epoch)
     candidates = {"raw": model, "ema": ema.module}
     generator = torch.Generator()
     for epoch in range(meta["epoch"] + 1, schedule.epochs + 1):
@@ -130,8 +146,7 @@ def run_epochs(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{schedule.epochs}", file=sys.stderr, leave=False)
         for step_in_epoch in bar:
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, schedule.lr)
+            scheduler.step_update(step)
             loss = batch_loss(order[step_in_epoch * schedule.batch_size : (step_in_epoch + 1) * schedule.batch_size], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

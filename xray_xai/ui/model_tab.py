@@ -19,11 +19,11 @@ from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from .. import CLASSES
-from ..behaviour import band_rows, curves, predictive_values, rates_at
 from ..calibration import OPERATING_POINTS
+from ..metrics import band_rows, called_pneumonia, confusion_at, predictive_values
 from ..model_report import DEFAULT_REPORT, ModelReport, report_problem
-from .plots import reliability_panel
 from ..report import percent
+from .plots import Mark, Scores, pr_panel, reliability_panel, roc_panel
 
 SPLIT_HELP = (
     "**validation**: the patient-level split of train/ that the temperature and thresholds were fitted on. "
@@ -46,31 +46,21 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else percent(value)
 
 
+def _scores(report: ModelReport, marks: tuple[Mark, ...] = ()) -> list[Scores]:
+    return [Scores(split.labels, split.probs, name, COLOURS[name], marks) for name, split in report.splits.items()]
+
+
 def roc_figure(report: ModelReport) -> Figure:
     """ROC curves of both splits, with AUROC and the balanced operating point marked."""
     fig = Figure(figsize=(5, 4.6), layout="constrained")
-    ax = fig.subplots()
-    for name, split in report.splits.items():
-        c = curves(split.labels, split.probs)
-        ax.plot(c.fpr, c.tpr, color=COLOURS[name], label=f"{name}: AUROC {c.auroc:.3f} (n={len(split.labels)})")
-        point = rates_at(split.labels, split.probs, report.threshold("balanced"))
-        ax.plot(1 - point.specificity, point.sensitivity, "o", color=COLOURS[name], ms=7)
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title="ROC (dots: balanced point)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+    roc_panel(fig.subplots(), _scores(report, (Mark(report.threshold("balanced")),)), "ROC (dots: balanced point)")
     return fig
 
 
 def pr_figure(report: ModelReport) -> Figure:
     """Precision-recall curves of both splits, with AUPRC and each split's prevalence."""
     fig = Figure(figsize=(5, 4.6), layout="constrained")
-    ax = fig.subplots()
-    for name, split in report.splits.items():
-        c = curves(split.labels, split.probs)
-        ax.plot(c.recall, c.precision, color=COLOURS[name], label=f"{name}: AUPRC {c.auprc:.3f}")
-        ax.axhline(split.labels.mean(), ls=":", color=COLOURS[name], label=f"{name} prevalence {_percent(split.labels.mean())}")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="lower left", fontsize=8)
+    pr_panel(fig.subplots(), _scores(report), "Precision-recall")
     return fig
 
 
@@ -92,7 +82,7 @@ def confusion_figure(report: ModelReport) -> Figure:
     axes = fig.subplots(len(report.splits), len(points), squeeze=False)
     for row, (name, split) in zip(axes, report.splits.items()):
         for ax, point in zip(row, points):
-            rates = rates_at(split.labels, split.probs, report.threshold(point))
+            rates = confusion_at(split.labels, split.probs, report.threshold(point))
             ConfusionMatrixDisplay(np.array(rates.confusion), display_labels=CLASSES).plot(ax=ax, colorbar=False, cmap="Blues")
             ax.set_title(f"{name} · {point} (p ≥ {rates.threshold:.3f})\nsens {_percent(rates.sensitivity)} · spec {_percent(rates.specificity)}", fontsize=9)
     return fig
@@ -102,7 +92,8 @@ def bands_table(report: ModelReport) -> pd.DataFrame:
     """Films and accuracy per confidence band at the balanced point, for each split."""
     columns = {}
     for name, split in report.splits.items():
-        rows = band_rows(split.labels, split.probs, split.bands, report.threshold("balanced"))
+        correct = called_pneumonia(split.probs, report.threshold("balanced")) == split.labels
+        rows = band_rows(correct, split.bands)
         columns["Band"] = [r.band for r in rows]
         columns[f"{name} n"] = [r.n for r in rows]
         columns[f"{name} accuracy"] = [_percent(r.accuracy) for r in rows]
@@ -115,7 +106,7 @@ def explore(report: ModelReport, threshold: float, prevalence_percent: float) ->
     at = f"at {prevalence_percent:g}%"
     rows = []
     for name, split in report.splits.items():
-        rates = rates_at(split.labels, split.probs, threshold)
+        rates = confusion_at(split.labels, split.probs, threshold)
         ppv, npv = predictive_values(rates.sensitivity, rates.specificity, prevalence)
         rows.append(
             {
