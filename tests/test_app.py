@@ -13,7 +13,7 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from app import LAUNCH_OPTIONS, build_demo  # noqa: E402
+from xray_xai.ui.layout import LAUNCH_OPTIONS, build_demo  # noqa: E402
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph  # noqa: E402
 from xray_xai import DISCLAIMER  # noqa: E402
 from xray_xai.calibration import OPERATING_POINTS  # noqa: E402

@@ -11,7 +11,8 @@ from PIL import Image
 from tests.tiny import lung_mask, make_tiny_checkpoint, synthetic_radiograph
 from xray_xai.explain.anatomy import image_zone_masks
 from xray_xai.models.classifier import Classifier
-from xray_xai.explain.evidence import BOX_COLOR, MAX_BOXES, draw_boxes, evidence_boxes, to_upload, zone_regions
+from xray_xai.explain.evidence import MAX_BOXES, evidence_boxes, to_upload, zone_regions
+from xray_xai.ui.overlay import BOX_COLOR, draw_boxes, draw_result
 from xray_xai.models.lungs import LungMask
 from xray_xai.pipeline import Options, Pipeline, Result
 from xray_xai.results import Analysis, EvidenceBox, OperatingPoint, Prediction
@@ -70,8 +71,8 @@ def test_boxes_are_drawn_on_a_downscaled_overlay_and_can_be_switched_off():
     point = OperatingPoint("balanced", 0.5, 0.9, 0.9)
     analysis = Analysis(Prediction("PNEUMONIA", 0.9, 0.9, "High", point), boxes=(box, EvidenceBox("occlusion", 0, 0, 10, 10, 0.2, "left upper")))
     result = Result(analysis, np.full((100, 100), 0.5, np.float32), {"gradcam": np.zeros((S, S), np.float32)}, upload_shape=(200, 200))
-    plain = result.overlays(boxes=False)["gradcam"]
-    drawn = result.overlays()["gradcam"]
+    plain = draw_result(result, boxes=False)["gradcam"]
+    drawn = draw_result(result)["gradcam"]
     assert (plain == np.rint(0.5 * 255)).all()
     # the box at half scale: x 20..59, y 10..49; its left edge is green, its inside untouched
     assert tuple(drawn[30, 20]) == BOX_COLOR and tuple(drawn[10, 40]) == BOX_COLOR

@@ -8,7 +8,7 @@ import torch
 from captum.attr import Occlusion
 from torch import nn
 
-from xray_xai.explain import occlusion as occ
+from xray_xai.explain import _occlusion_engine as occlusion_engine
 from xray_xai.models.factory import create_model
 from xray_xai.explain.occlusion import (
     OcclusionError,
@@ -65,7 +65,7 @@ def test_matches_naive_loop(resnet, image, baseline, window, stride):
 def test_every_split_of_the_network_is_exact(monkeypatch, image, arch, limit):
     model = sensitive(arch, image)
     naive = occlusion_map_naive(model, image, window=12, stride=5)
-    monkeypatch.setattr(occ, "CROP_AREA_LIMIT", limit)
+    monkeypatch.setattr(occlusion_engine, "CROP_AREA_LIMIT", limit)
     fast = occlusion_map(model, image, window=12, stride=5, batch_size=16)
     np.testing.assert_allclose(fast.map, naive.map, atol=1e-5, rtol=0)
 

@@ -17,6 +17,7 @@ from xray_xai.__main__ import main as cli_main
 from xray_xai.models.classifier import Classifier
 from xray_xai.imaging import InputError
 from xray_xai.pipeline import Options, Pipeline
+from xray_xai.ui.overlay import draw_result
 
 SIZE = 64
 
@@ -54,7 +55,7 @@ def test_full_analysis(pipeline, radiograph):
     assert analysis.anatomy is not None and set(analysis.anatomy.zones) == {"gradcam", "occlusion"}
     assert DISCLAIMER in analysis.report
     assert calls and calls[-1][0] == calls[-1][1]
-    overlays = result.overlays(opacity=0.5)
+    overlays = draw_result(result, opacity=0.5)
     assert overlays["gradcam"].shape == (240, 300, 3) and overlays["gradcam"].dtype == np.uint8
     assert json.loads(json.dumps(result.to_json()))["prediction"]["label"] == analysis.prediction.label
 

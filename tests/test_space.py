@@ -18,6 +18,7 @@ from xray_xai.calibration import OPERATING_POINTS
 from xray_xai.models.classifier import UnknownOperatingPoint
 from xray_xai.imaging import InputError, load_image
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Result
+from xray_xai.ui.overlay import draw_result
 from xray_xai.report import build_report, percent
 from xray_xai.results import Agreement, Analysis, Anatomy, BandReason, OODResult, OperatingPoint, Prediction
 from xray_xai.ui.handlers import (
@@ -115,7 +116,7 @@ def test_ui_values_match_outputs_and_json_download(tmp_path):
     with Image.open(named["original"]) as original, Image.open(named["gradcam"]) as gradcam:
         assert original.format == gradcam.format == "JPEG"  # display copies (see the next test)
         assert (original.mode, original.size) == ("L", (90, 120)) and (gradcam.mode, gradcam.size) == ("RGB", (90, 120))
-        assert np.abs(np.asarray(gradcam, dtype=float) - _result().overlays(0.5, True)["gradcam"]).mean() < 1.0
+        assert np.abs(np.asarray(gradcam, dtype=float) - draw_result(_result(), 0.5, True)["gradcam"]).mean() < 1.0
     assert named["occlusion"] is None  # not computed yet
     assert _shown_percentages(named["probability"]) == ["93.0%", "7.0%"]
     payload = json.loads(open(named["json"]).read())

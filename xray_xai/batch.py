@@ -34,6 +34,7 @@ from . import DISCLAIMER
 from .imaging import IMAGE_SUFFIXES, InputError
 from .pipeline import Options, Pipeline, Result
 from .report import band_reason_text
+from .ui.overlay import draw_result
 from .results import to_jsonable
 
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
@@ -165,7 +166,7 @@ def error_record(path: str, message: str) -> dict:
 def overlay_pngs(result: Result, stem: str) -> dict[str, bytes]:
     """The overlays of a result as PNG files ``{stem}_{map}.png``."""
     images = {}
-    for name, rgb in result.overlays().items():
+    for name, rgb in draw_result(result).items():
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(rgb)).save(buffer, format="PNG")
         images[f"{stem}_{name}.png"] = buffer.getvalue()

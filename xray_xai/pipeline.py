@@ -11,7 +11,7 @@ import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from PIL import Image
 from .explain.agreement import agreement
 from .explain.anatomy import analyze_anatomy
 from .explain.cam import CAM_METHODS, compute_cam
-from .models.classifier import Classifier
-from .explain.evidence import draw_boxes, evidence_boxes, zone_regions
+from .models.classifier import Classifier, lower_band
+from .explain.evidence import evidence_boxes, zone_regions
 from .models.framing import framing_box
 from .imaging import InputError, LoadedImage, load_image
 from .models.lungs import LungMask, LungSegmenter
@@ -30,9 +30,8 @@ from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
 from .explain.occlusion import occlusion_map
 from .models.ood import assess_ood
-from .ui.overlay import overlay
 from .report import build_report
-from .results import Analysis, Prediction, Region, to_jsonable
+from .results import Analysis, Anatomy, BandReason, Prediction, Region, to_jsonable
 from .models.similar import DEFAULT_INDEX, SimilarIndex, load_matching
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
@@ -73,21 +72,18 @@ class Result:
     upload_shape: tuple[int, int] | None = None  # (H, W) of the upload, the frame of the evidence boxes; None: ``pixels``' shape
     thumbnails: tuple[np.ndarray, ...] = field(default=(), repr=False)  # uint8 grayscale, one per ``analysis.similar``
 
-    def overlays(
-        self, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None, boxes: bool = True
-    ) -> dict[str, np.ndarray]:
-        """RGB uint8 overlays on the upload's own aspect ratio, one per map (or per name in ``maps``),
-        with each map's evidence boxes drawn when ``boxes``."""
-        contour = self.lung.mask if (outline and self.lung is not None and self.lung.ok) else None
-        names = self.maps if maps is None else maps
-        drawn = {name: overlay(self.pixels, self.maps[name], opacity=opacity, outline=contour) for name in names}
-        if not boxes:
-            return drawn
-        frame = self.upload_shape or self.pixels.shape
-        return {name: draw_boxes(rgb, tuple(b for b in self.analysis.boxes if b.method == name), frame) for name, rgb in drawn.items()}
-
     def to_json(self) -> dict:
         return to_jsonable(self.analysis)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The fast part of an analysis: the decoded film, the prediction, the analysis so far and the model input."""
+
+    image: LoadedImage
+    prediction: Prediction
+    analysis: Analysis
+    model_input: torch.Tensor = field(repr=False)
 
 
 class Pipeline:
@@ -127,7 +123,7 @@ class Pipeline:
         report = load_report(model_report, classifier.card.sha256) if model_report is not None else None
         return cls(classifier, segmenter, similar, report)
 
-    def predict(self, source: str | os.PathLike | bytes, operating_point: str = "balanced") -> tuple[LoadedImage, Prediction, Analysis, torch.Tensor]:
+    def predict(self, source: str | os.PathLike | bytes, operating_point: str = "balanced") -> Scored:
         """Decode, classify and check for out-of-distribution input (no explanations)."""
         image = load_image(source)
         x = self.classifier.prepare(image.pixels)
@@ -137,15 +133,20 @@ class Pipeline:
         prediction = self.classifier.decide(
             float(scores.probabilities[0]), operating_point, scores.member_probabilities[0], unusual=ood.flagged
         )
-        similar = self.similar.search(scores.features[0]) if self.similar is not None else ()
-        record = track_record(self.model_report, prediction) if self.model_report is not None else ()
+        # A film that is plainly not a radiograph gets no similar films and no track record: only the reason.
+        similar = self.similar.search(scores.features[0]) if self.similar is not None and not ood.not_radiograph else ()
+        record = track_record(self.model_report, prediction) if self.model_report is not None and not ood.not_radiograph else ()
         analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar, track_record=record)
-        return image, prediction, analysis, x
+        return Scored(image, prediction, analysis, x)
 
     def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:
         """Prediction, lung segmentation and the CAM map: the fast first answer."""
         options.validate()
-        image, prediction, analysis, x = self.predict(source, options.operating_point)
+        scored = self.predict(source, options.operating_point)
+        image, prediction, analysis, x = scored.image, scored.prediction, scored.analysis, scored.model_input
+        if analysis.ood.not_radiograph:  # no heatmaps of something that is not a chest radiograph
+            analysis = replace(analysis, cam_method=options.cam_method)
+            return Result(replace(analysis, report=build_report(analysis)), display_pixels(image.pixels), {}, None, x, image.pixels.shape)
         target = self._target_class(prediction, options)
         cam = compute_cam(self.classifier.explainer, x, method=options.cam_method, target_class=target)
         lung = self.segmenter.segment(image.pixels) if self.segmenter is not None else None
@@ -158,13 +159,14 @@ class Pipeline:
             anatomy=analyze_anatomy(maps, lung, self.shortcut_threshold),
             boxes=evidence_boxes(cam, "gradcam", image.pixels.shape, zone_regions(lung, cam.shape)),
         )
+        analysis = replace(analysis, prediction=evidence_checked(analysis.prediction, analysis.anatomy, self.shortcut_threshold))
         analysis = replace(analysis, report=build_report(analysis))
         thumbnails = tuple(self.similar.thumbnail(case.id) for case in analysis.similar) if self.similar is not None else ()
         return Result(analysis, display_pixels(image.pixels), maps, lung, x, image.pixels.shape, thumbnails)
 
     def complete(self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None) -> Result:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
-        if options.occlusion == "off":
+        if options.occlusion == "off" or not result.maps:
             return result
         target = self.classifier.card.classes.index(result.analysis.explained_class)
         region = occlusion_region(result.lung) if options.lung_focus else None
@@ -181,10 +183,12 @@ class Pipeline:
         occ_display = support / support.max() if support.max() > 0 else support
         maps = {**result.maps, "occlusion": occ_display.astype(np.float32)}
         frame = result.upload_shape or result.pixels.shape
+        anatomy = analyze_anatomy(maps, result.lung, self.shortcut_threshold)
         analysis = replace(
             result.analysis,
+            prediction=evidence_checked(result.analysis.prediction, anatomy, self.shortcut_threshold),
             agreement=agreement(result.maps["gradcam"], occ.map, occ.grid.shape, region=occ.region),
-            anatomy=analyze_anatomy(maps, result.lung, self.shortcut_threshold),
+            anatomy=anatomy,
             boxes=result.analysis.boxes + evidence_boxes(maps["occlusion"], "occlusion", frame, zone_regions(result.lung, occ_display.shape)),
         )
         analysis = replace(analysis, report=build_report(analysis))
@@ -201,6 +205,23 @@ class Pipeline:
     def _target_class(self, prediction: Prediction, options: Options) -> int:
         classes = self.classifier.card.classes
         return classes.index("PNEUMONIA") if options.explain == "pneumonia" else classes.index(prediction.label)
+
+
+def evidence_checked(prediction: Prediction, anatomy: Anatomy | None, limits: dict[str, float]) -> Prediction:
+    """The prediction with its band lowered one step when the strongest available map (occlusion,
+    the input-space judge, once it has run; else the CAM) puts more of its mass outside the lungs
+    than ``limits`` (fitted on validation maps) allow: evidence outside the lungs is a shortcut
+    sign, so the answer deserves less trust. Any earlier evidence step is undone first, so the
+    check follows the newest maps."""
+    reasons = tuple(r for r in prediction.band_reasons if r.kind != "evidence_outside_lungs")
+    earlier = next((r for r in prediction.band_reasons if r.kind == "evidence_outside_lungs"), None)
+    band = earlier.from_band if earlier is not None else prediction.band
+    shares = anatomy.outside_lung_share if anatomy is not None and anatomy.segmentation_ok else {}
+    method = next((m for m in ("occlusion", "gradcam") if m in shares and m in limits), None)
+    if method is not None and shares[method] > limits[method] and lower_band(band) != band:
+        step = BandReason("evidence_outside_lungs", band, lower_band(band), method=method, share=float(shares[method]), limit=float(limits[method]))
+        return replace(prediction, band=step.to_band, band_reasons=(*reasons, step))
+    return replace(prediction, band=band, band_reasons=reasons)
 
 
 def occlusion_region(lung: LungMask | None) -> Region | None:

@@ -240,9 +240,10 @@ def band_reason_text(reason: BandReason) -> str:
     if reason.kind == "unusual_input":
         return f"The film looks unlike the training films (see the input check): {lowered}"
     if reason.kind == "evidence_outside_lungs":
+        what = "occlusion" if reason.method == "occlusion" else "class-activation"
         return (
-            f"The evidence for this answer lies mostly outside the lungs ({percent(reason.share)} of the occlusion map, "
-            f"more than on 95% of validation films, limit {percent(reason.limit)}): {lowered}"
+            f"The evidence for this answer lies mostly outside the lungs ({percent(reason.share)} of the {what} map lies "
+            f"outside them, more than on 95% of validation films: limit {percent(reason.limit)}): {lowered}"
         )
     raise ValueError(f"unknown band reason {reason.kind!r}")
 

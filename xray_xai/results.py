@@ -58,7 +58,8 @@ class BandReason:
     high: float | None = None
     members: int | None = None
     quantile: float | None = None
-    # evidence_outside_lungs: the maps' share outside the lungs and the validation-fitted limit.
+    # evidence_outside_lungs: which map, its share outside the lungs and the validation-fitted limit.
+    method: str | None = None
     share: float | None = None
     limit: float | None = None
 
@@ -86,6 +87,14 @@ class Prediction:
     member_views: tuple[str, ...] = ()
     # Why the band is lower than the probability alone would give, in the order the steps were taken.
     band_reasons: tuple[BandReason, ...] = ()
+    # The answer shown to a person: ``label`` when the conformal prediction set (fitted on validation)
+    # is that label alone and the film looks like the training films, else "INCONCLUSIVE".
+    answer: str = ""
+    prediction_set: tuple[str, ...] = ()  # the conformal prediction set, () when the card has none
+
+    def __post_init__(self) -> None:
+        if not self.answer:
+            object.__setattr__(self, "answer", self.label)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ class OODResult:
     reasons: tuple[str, ...] = ()
     distance: float | None = None  # Mahalanobis distance in feature space
     threshold: float | None = None
+    not_radiograph: bool = False  # plainly not a chest radiograph (colour photo, document, noise): no answer at all
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from .. import CLASSES
 from ..models.classifier import Classifier
-from ..data import Sample, list_samples, validation_samples
-from ..checkpoint import DEFAULT_CHECKPOINT
+from ..cli import checkpoint_parser, threads_parser, validation_split
+from ..data import Sample, list_samples
 from ..pipeline import Options, Pipeline
+from ..ui.overlay import draw_result
 
 REPORT_NAME = "model_report.json"
 SPRITE_NAME = "model_report_errors.jpg"
@@ -56,7 +57,7 @@ def score_films(pipeline: Pipeline, samples: list[Sample], desc: str) -> list[Fi
     """Calibrated P(pneumonia) and balanced-point band of each film, as the app computes them."""
     films = []
     for sample in tqdm(samples, desc=desc, unit="img", file=sys.stderr):
-        prediction = pipeline.predict(str(sample.path), OPERATING_POINT)[1]
+        prediction = pipeline.predict(str(sample.path), OPERATING_POINT).prediction
         films.append(Film(f"{CLASSES[sample.label]}/{sample.path.name}", sample.label, round(prediction.probability, 6), prediction.band))
     return films
 
@@ -83,7 +84,7 @@ def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> Image.Image:
 def error_tiles(pipeline: Pipeline, path: Path) -> tuple[Image.Image, Image.Image]:
     """The film and its Grad-CAM overlay (evidence for the predicted class), as thumbnails."""
     result = pipeline.first_pass(str(path), Options(operating_point=OPERATING_POINT, occlusion="off"))
-    return thumbnail(result.pixels), thumbnail(result.overlays(outline=False)["gradcam"])
+    return thumbnail(result.pixels), thumbnail(draw_result(result, outline=False)["gradcam"])
 
 
 def sprite(rows: list[tuple[Image.Image, Image.Image]], size: int = THUMBNAIL) -> Image.Image:
@@ -123,23 +124,26 @@ def build(pipeline: Pipeline, validation: list[Sample], shift: list[Sample], out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_parser(), threads_parser()]
+    )
     parser.add_argument("--train", required=True, help="the training folder (NORMAL/, PNEUMONIA/); only the checkpoint's validation patients are scored")
     parser.add_argument("--shift", required=True, help="the shift_dev folder (NORMAL/, PNEUMONIA/); scored, never imaged")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
     parser.add_argument("--out", required=True, help="output folder (checkpoints/ for the Space)")
     parser.add_argument("--max-errors", type=int, default=40, help="at most this many films in the error gallery")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The command: writes the report and its error sprite, prints the film counts."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """:func:`main`, returning the report it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        validation = validation_samples(list_samples(args.train), args.checkpoint)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
+    validation = validation_split(list_samples(args.train), args.checkpoint)
     pipeline = Pipeline(Classifier.load(args.checkpoint))
     command = "python -m xray_xai.artifacts.model_report " + " ".join(sys.argv[1:] if argv is None else argv)
     report = build(pipeline, validation, list_samples(args.shift), Path(args.out), args.max_errors, command)

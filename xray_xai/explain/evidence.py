@@ -1,4 +1,5 @@
-"""Evidence boxes: the strongest regions of an explanation map, in the upload's own pixels.
+"""Evidence boxes: the strongest regions of an explanation map, in the upload's own pixels (drawn by
+:func:`xray_xai.ui.overlay.draw_boxes`).
 
 The hottest part of a map (its top :data:`TOP_FRACTION` of pixels with positive values) is
 split into connected regions; the up to :data:`MAX_BOXES` regions holding the most of the
@@ -24,7 +25,6 @@ from ..results import OUTSIDE_KEY, EvidenceBox
 TOP_FRACTION = 0.10  # candidate pixels: the map's hottest 10%
 MAX_BOXES = 3
 MIN_SCORE = 0.01  # regions with less than 1% of the map's mass are not evidence worth a box
-BOX_COLOR = (0, 230, 0)  # green: absent from the inferno colormap and distinct from the cyan lung outline
 
 
 def zone_regions(lung: LungMask | None, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -78,17 +78,3 @@ def evidence_boxes(
         x0, y0, x1, y1 = to_upload(*slices[k], mass.shape, upload_shape)
         boxes.append(EvidenceBox(method, x0, y0, x1, y1, round(float(shares[k]), 4), zone))
     return tuple(boxes)
-
-
-def draw_boxes(rgb: np.ndarray, boxes: tuple[EvidenceBox, ...], upload_shape: tuple[int, int]) -> np.ndarray:
-    """A copy of an overlay with the boxes drawn and numbered by rank (the overlay may be a downscaled upload)."""
-    out = rgb.copy()
-    sy, sx = rgb.shape[0] / upload_shape[0], rgb.shape[1] / upload_shape[1]
-    thickness = max(1, round(min(rgb.shape[:2]) / 200))
-    for rank, box in enumerate(boxes, start=1):
-        top_left = (int(box.x0 * sx), int(box.y0 * sy))
-        bottom_right = (max(top_left[0], int(math.ceil(box.x1 * sx)) - 1), max(top_left[1], int(math.ceil(box.y1 * sy)) - 1))
-        cv2.rectangle(out, top_left, bottom_right, BOX_COLOR, thickness)
-        label_at = (top_left[0] + 2 * thickness, top_left[1] + 12 * thickness)
-        cv2.putText(out, str(rank), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, BOX_COLOR, thickness, cv2.LINE_AA)
-    return out

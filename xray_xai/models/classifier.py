@@ -11,6 +11,7 @@ import torch
 
 from .ensemble import Ensemble
 from .framing import is_framed, member_views
+from ..conformal import INCONCLUSIVE, ConformalThresholds, prediction_set
 from ..imaging import InputError
 from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard
 from .factory import load_checkpoint
@@ -186,17 +187,28 @@ class Classifier:
         if unusual and band != "Low":
             reasons.append(BandReason("unusual_input", band, "Low"))
             band = "Low"
+        labels = self.prediction_set(probability)
+        decisive = not unusual and (labels == (label,) if labels else True)
         return Prediction(
             label,
             float(probability),
             float(confidence),
             band,
             point,
+            answer=label if decisive else INCONCLUSIVE,
+            prediction_set=labels,
             uncertainty=spread,
             member_probabilities=tuple(float(p) for p in member_probabilities) if spread is not None else (),
             member_views=member_views(self.card.framing, len(member_probabilities)) if spread is not None else (),
             band_reasons=tuple(reasons),
         )
+
+    def prediction_set(self, probability: float) -> tuple[str, ...]:
+        """The conformal prediction set of a calibrated P(pneumonia), in class order (() without thresholds in the card)."""
+        if not self.card.conformal:
+            return ()
+        labels = prediction_set(probability, ConformalThresholds.from_dict(self.card.conformal))
+        return tuple(name for name in self.card.classes if name in labels)
 
     def predict(self, pixels: np.ndarray, operating_point: str = "balanced") -> Prediction:
         scores = self.score(self.prepare(pixels))

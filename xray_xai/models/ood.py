@@ -131,6 +131,12 @@ _ROTATIONS = {
 
 def quality_reasons(image: LoadedImage) -> list[str]:
     """Plain-language reasons why an image does not look like a frontal chest radiograph ([] if none)."""
+    return _quality(image)[0]
+
+
+def _quality(image: LoadedImage) -> tuple[list[str], bool]:
+    """:func:`quality_reasons`, and whether they say the image is plainly not a radiograph (colour,
+    shape, no contrast, noise, no chest layout) rather than a radiograph shown wrongly (inverted, rotated)."""
     stats = image_stats(image)
     reasons = []
     if stats.colourfulness > MAX_COLOURFULNESS:
@@ -139,7 +145,7 @@ def quality_reasons(image: LoadedImage) -> list[str]:
         reasons.append(f"Its shape is unusually long and narrow ({stats.aspect:.1f} : 1) for a chest radiograph.")
     if stats.contrast < MIN_CONTRAST:
         reasons.append("It is almost uniform (nearly no contrast), so there is nothing to analyse.")
-        return reasons
+        return reasons, True
     if stats.smoothness < MIN_SMOOTHNESS:
         reasons.append("It looks like noise or a fine texture rather than a radiograph.")
     best = int(np.argmax(np.abs(stats.template_match)))
@@ -147,23 +153,23 @@ def quality_reasons(image: LoadedImage) -> list[str]:
     if strength < MIN_TEMPLATE_MATCH:
         reasons.append("Its layout of bright and dark regions does not resemble a frontal chest radiograph.")
     if reasons:  # inversion and rotation are only meaningful for something radiograph-like
-        return reasons
+        return reasons, True
     if stats.template_match[best] < 0:
         reasons.append("It looks inverted (a negative: bones dark, lungs bright).")
     if best != 0 and strength - abs(stats.template_match[0]) > ROTATION_MARGIN:
         reasons.append(f"It looks {_ROTATIONS[best]}; the model expects an upright frontal view.")
-    return reasons
+    return reasons, False
 
 
 def assess_ood(
     image: LoadedImage, feature_distance: float | None = None, threshold: float | None = None
 ) -> OODResult:
     """Combine the image-level checks with the feature-space distance into one :class:`OODResult`."""
-    reasons = quality_reasons(image)
+    reasons, not_radiograph = _quality(image)
     if feature_distance is not None and threshold is not None and feature_distance > threshold:
         reasons.append(
             "The model's internal features for this image are unlike those of its training radiographs "
             f"(distance {feature_distance:.1f}, above the threshold {threshold:.1f} that 1% of validation radiographs exceed)."
         )
     distance = None if feature_distance is None else float(feature_distance)
-    return OODResult(bool(reasons), tuple(reasons), distance, None if threshold is None else float(threshold))
+    return OODResult(bool(reasons), tuple(reasons), distance, None if threshold is None else float(threshold), not_radiograph)

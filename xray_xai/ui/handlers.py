@@ -23,7 +23,7 @@ from PIL import Image
 from .. import DISCLAIMER
 from ..explain.cam import CAM_METHODS
 from ..imaging import SUPPORTED, InputError, load_image
-from .overlay import LEGEND
+from .overlay import LEGEND, draw_result
 from ..pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
 from ..report import band_reason_text, method_name, percent
 from ..results import BAND_EXPLANATION, Agreement, Prediction
@@ -198,7 +198,7 @@ def ui_values(
     """
     analysis = result.analysis
     maps = [name for name in ("gradcam", "occlusion") if name not in unchanged and name in result.maps]
-    overlays = result.overlays(opacity, outline, maps, boxes)
+    overlays = draw_result(result, opacity, outline, maps, boxes)
     values = {
         "badge": badge_html(analysis.prediction, analysis.ood.flagged),
         "probability": probability_html(analysis.prediction),
@@ -298,7 +298,7 @@ class Handlers:
             band: Confidence band of the reported label: "High", "Moderate" or "Low" (lowered when the ensemble's members disagree or the film looks unlike the training films).
             uncertainty: Standard deviation of the ensemble members' calibrated probabilities (null for a single network).
         """
-        _, prediction, _, _ = self.pipeline.predict(self.require(image), operating_point)
+        prediction = self.pipeline.predict(self.require(image), operating_point).prediction
         return prediction.label, prediction.probability, prediction.band, prediction.uncertainty
 
     def explain(
@@ -325,7 +325,7 @@ class Handlers:
         """
         options = _options(operating_point, cam_method, occlusion)
         result = self.pipeline.analyze(self.require(image), options)
-        overlays = result.overlays()
+        overlays = draw_result(result)
         analysis = result.analysis
         payload = {**result.to_json(), "disclaimer": DISCLAIMER}
         return (

@@ -6,9 +6,14 @@ and aspect ratio (the model input squashes the image, so resizing the map undoes
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 from matplotlib import colormaps
+
+from ..results import EvidenceBox
 
 # One-line legends; fill in with .format(label=..., method=...).
 LEGEND = {
@@ -18,11 +23,8 @@ LEGEND = {
         "(occlusion, scaled to this image's largest drop)."
     ),
 }
-OUTLINE_COLOR = (
-    0,
-    255,
-    255,
-)  # cyan: absent from perceptually uniform maps like inferno
+OUTLINE_COLOR = (0, 255, 255)  # cyan: absent from perceptually uniform maps like inferno
+BOX_COLOR = (0, 230, 0)  # green: absent from the inferno colormap and distinct from the cyan lung outline
 
 
 def resize_map(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -79,3 +81,30 @@ def contour(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         borderValue=0,
     )
     return (mask > 0) & (eroded == 0)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: tuple[EvidenceBox, ...], upload_shape: tuple[int, int]) -> np.ndarray:
+    """A copy of an overlay with the boxes drawn and numbered by rank (the overlay may be a downscaled upload)."""
+    out = rgb.copy()
+    sy, sx = rgb.shape[0] / upload_shape[0], rgb.shape[1] / upload_shape[1]
+    thickness = max(1, round(min(rgb.shape[:2]) / 200))
+    for rank, box in enumerate(boxes, start=1):
+        top_left = (int(box.x0 * sx), int(box.y0 * sy))
+        bottom_right = (max(top_left[0], int(math.ceil(box.x1 * sx)) - 1), max(top_left[1], int(math.ceil(box.y1 * sy)) - 1))
+        cv2.rectangle(out, top_left, bottom_right, BOX_COLOR, thickness)
+        label_at = (top_left[0] + 2 * thickness, top_left[1] + 12 * thickness)
+        cv2.putText(out, str(rank), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, BOX_COLOR, thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_result(result, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None, boxes: bool = True) -> dict[str, np.ndarray]:
+    """RGB uint8 overlays of a :class:`xray_xai.pipeline.Result` on the upload's own aspect ratio, one
+    per map (or per name in ``maps``), with the lung outline when ``outline`` and the segmentation
+    is plausible, and each map's evidence boxes when ``boxes``. Only draws: the maps are computed."""
+    contour = result.lung.mask if (outline and result.lung is not None and result.lung.ok) else None
+    names = result.maps if maps is None else maps
+    drawn = {name: overlay(result.pixels, result.maps[name], opacity=opacity, outline=contour) for name in names}
+    if not boxes:
+        return drawn
+    frame = result.upload_shape or result.pixels.shape
+    return {name: draw_boxes(rgb, tuple(b for b in result.analysis.boxes if b.method == name), frame) for name, rgb in drawn.items()}
