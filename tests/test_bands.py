@@ -11,7 +11,7 @@ import torch
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.models.classifier import Classifier
 from xray_xai.evaluation.checkpoint_metrics import band_metrics
-from xray_xai.evaluation.classifier import main
+from xray_xai.evaluation.classifier import run
 from xray_xai.evaluation.scoring import Scored, blur_input
 from xray_xai.checkpoint import ModelCard
 
@@ -70,8 +70,8 @@ def test_cli_writes_bands_and_blurred_scores(tmp_path):
     torch.set_num_threads(1)
     checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint")
     data = make_tiny_dataset(tmp_path / "data", per_class=3)
-    clean = main(["--data", str(data), "--out", str(tmp_path / "clean"), "--checkpoint", str(checkpoint), "--bootstrap", "0"])
-    blurred = main(["--data", str(data), "--out", str(tmp_path / "blur"), "--checkpoint", str(checkpoint), "--bootstrap", "0", "--blur", "4"])
+    clean = run(["--data", str(data), "--out", str(tmp_path / "clean"), "--checkpoint", str(checkpoint), "--bootstrap", "0"])
+    blurred = run(["--data", str(data), "--out", str(tmp_path / "blur"), "--checkpoint", str(checkpoint), "--bootstrap", "0", "--blur", "4"])
     written = json.loads((tmp_path / "blur" / "metrics.json").read_text())
     assert written["perturbation"] == {"gaussian_blur_sigma_px": 4.0} and clean["perturbation"] is None
     for metrics in (clean, written):

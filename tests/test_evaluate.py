@@ -19,7 +19,7 @@ from xray_xai import CLASSES
 from xray_xai.models.classifier import Classifier
 from xray_xai.data import list_samples
 from xray_xai.evaluation.checkpoint_metrics import compute_metrics
-from xray_xai.evaluation.classifier import main
+from xray_xai.evaluation.classifier import main, run
 from xray_xai.metrics import (
     auroc_interval,
     bootstrap_interval,
@@ -83,7 +83,7 @@ def card_only_classifier(temperature: float = 1.0) -> Classifier:
 def test_cli_writes_every_metric_and_plot(tiny):
     root, checkpoint, data = tiny
     out = root / "out"
-    main(["--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--bootstrap", "200", "--threads", "1"])
+    assert main(["--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--bootstrap", "200", "--threads", "1"]) is None
     metrics = json.loads((out / "metrics.json").read_text())
 
     assert metrics["n"] == 8
@@ -147,7 +147,7 @@ def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):
     single = tmp_path / "single"
     shutil.copytree(data / "NORMAL", single / "NORMAL")
     (single / "PNEUMONIA").mkdir()
-    metrics = main(["--data", str(single), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--threads", "1"])
+    metrics = run(["--data", str(single), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--threads", "1"])
     assert metrics["n"] == 4 and metrics["counts"]["PNEUMONIA"] == 0
     assert metrics["auroc"] is None and metrics["auroc_ci95"] is None and metrics["auprc"] is None
     assert any("one class" in note for note in metrics["notes"])
@@ -161,7 +161,7 @@ def test_cli_val_split_and_versus(tiny, tmp_path):
     (checkpoint.parent / "classifier_val_patients.json").write_text(json.dumps({"patients": val}))
     other = make_tiny_checkpoint(tmp_path / "other", temperature=1.0, seed=1)
     args = ["--data", str(data), "--checkpoint", str(checkpoint), "--bootstrap", "50", "--threads", "1"]
-    metrics = main([*args, "--out", str(tmp_path / "val"), "--split", "val", "--versus", str(other)])
+    metrics = run([*args, "--out", str(tmp_path / "val"), "--split", "val", "--versus", str(other)])
     assert metrics["split"] == "val" and metrics["n"] == 2 and metrics["counts"] == {"NORMAL": 1, "PNEUMONIA": 1}
     versus = metrics["versus"]
     assert versus["checkpoint_sha256"] == sha256_file(other.with_suffix(".safetensors"))

@@ -11,7 +11,7 @@ import torch
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.evaluation import faithfulness
-from xray_xai.evaluation.faithfulness import lung_figures, main, perturbation_curve, rank_pixels, step_counts
+from xray_xai.evaluation.faithfulness import lung_figures, perturbation_curve, rank_pixels, step_counts
 from xray_xai.models.lungs import LungMask
 
 SIZE, STEP = 16, 16
@@ -110,7 +110,7 @@ def tiny(tmp_path_factory):
 def run(root, checkpoint, data, out, *extra):
     argv = ["--data", str(data), "--masks", str(root / "masks"), "--out", str(out), "--checkpoint", str(checkpoint),
             "--window", "8", "--stride", "4", "--step", "32", "--threads", "1", *extra]  # fmt: skip
-    return main(argv)
+    return faithfulness.run(argv)
 
 
 def test_cli_writes_every_figure(tiny):

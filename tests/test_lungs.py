@@ -137,7 +137,7 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
     args = ["--data", str(dataset / "chest_xray"), "--masks", str(dataset / "lung_masks"), "--out", str(out),
             "--work", str(work), "--epochs", "2", "--input-size", "32", "--batch-size", "8",
             "--decoder-channels", "16", "8", "8", "8", "--threads", "1"]
-    card = train_lungs.main(args)
+    card = train_lungs.run(args)
     card_path = out / "lungs.json"
     saved = json.loads(card_path.read_text())
     assert saved["sha256"] == sha256_file(out / "lungs.safetensors")
@@ -154,12 +154,12 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
 
     # Rerunning resumes after the last finished epoch instead of training again.
     capsys.readouterr()
-    train_lungs.main(args)
+    assert train_lungs.main(args) is None
     assert "resuming after epoch 2" in capsys.readouterr().out
 
     # Full-resolution images: predictions are scored at each mask's resolution.
     report = tmp_path / "eval"
-    metrics = evaluate_lungs.main(["--data", str(dataset / "chest_xray" / "val"), "--masks", str(dataset / "lung_masks" / "val"),
+    metrics = evaluate_lungs.run(["--data", str(dataset / "chest_xray" / "val"), "--masks", str(dataset / "lung_masks" / "val"),
                                    "--out", str(report), "--checkpoint", str(card_path), "--threads", "1"])
     saved_metrics = json.loads((report / "lung_metrics.json").read_text())
     assert saved_metrics["n"] == 2  # the two val images with masks
@@ -170,7 +170,7 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
         assert sheet.size == (8 * 192, 22 + 192 + 16)  # one row of 8 cells of 192 px for the 2 films, caption 16 px, header 22 px
 
     # The patient-level validation split of train reproduces the card's validation scores.
-    split = evaluate_lungs.main(["--data", str(dataset / "chest_xray" / "train"), "--masks", str(dataset / "lung_masks" / "train"),
+    split = evaluate_lungs.run(["--data", str(dataset / "chest_xray" / "train"), "--masks", str(dataset / "lung_masks" / "train"),
                                  "--out", str(tmp_path / "eval_split"), "--checkpoint", str(card_path), "--split", "val", "--threads", "1"])
     assert split["n"] == saved["validation"]["n"]
     assert split["dice_mean"] == pytest.approx(saved["validation"]["dice_mean"])

@@ -165,7 +165,7 @@ def test_cli_on_tiny_data(tmp_path):
     train = make_tiny_dataset(tmp_path / "train", per_class=3)
     shift = make_tiny_dataset(tmp_path / "shift", per_class=2, seed=1)
     out = tmp_path / "out"
-    report = model_report.main(["--train", str(train), "--shift", str(shift), "--checkpoint", str(card), "--out", str(out), "--threads", "1"])
+    report = model_report.run(["--train", str(train), "--shift", str(shift), "--checkpoint", str(card), "--out", str(out), "--threads", "1"])
     classifier = Classifier.load(card)
     assert report["classifier_sha256"] == classifier.card.sha256
     val = report["splits"]["validation"]

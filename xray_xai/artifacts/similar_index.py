@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..models.classifier import Classifier
-from ..data import Sample, list_samples, validation_samples
-from ..checkpoint import DEFAULT_CHECKPOINT
+from ..cli import TRAINING_SET, checkpoint_parser, data_parser, threads_parser, validation_split
+from ..data import Sample, list_samples
 from ..models.features import cached_embed
 from ..preprocess import read_dataset_image
 from ..models.similar import FeatureSpace, IndexCard, SimilarIndex, encode_thumbnail
@@ -60,16 +60,14 @@ def build_index(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray/train", help="DIR/{NORMAL,PNEUMONIA}/*")
+    common = [data_parser(TRAINING_SET, "DIR/{NORMAL,PNEUMONIA}/*"), checkpoint_parser(), threads_parser()]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--out", default="checkpoints/", help="folder for similar.json and similar.safetensors")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="classifier model card")
     parser.add_argument("--dims", type=int, default=128, help="principal axes kept (the feature width keeps all)")
     parser.add_argument("--thumbnail-size", type=int, default=64)
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality of the thumbnails")
     parser.add_argument("--exclude-val-patients", action="store_true", help="leave out the checkpoint's validation patients")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="outputs/features", help="feature cache folder ('' for none)")
     args = parser.parse_args(argv)
     if not 0 < args.thumbnail_size <= MAX_THUMBNAIL:
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = Classifier.load(args.checkpoint)
     samples = list_samples(args.data)
     if args.exclude_val_patients:
-        held_out = {s.path for s in validation_samples(samples, args.checkpoint)}
+        held_out = {s.path for s in validation_split(samples, args.checkpoint)}
         samples = [s for s in samples if s.path not in held_out]
     features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in samples], classifier.prepare,
                             Path(args.cache) if args.cache else None, args.batch_size)

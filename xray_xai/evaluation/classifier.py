@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from .. import CLASSES
-from ..checkpoint import DEFAULT_CHECKPOINT
-from ..data import list_samples, validation_samples
+from ..cli import checkpoint_parser, data_parser, seed_parser, select, split_parser, threads_parser
+from ..data import list_samples
 from ..models.classifier import Classifier
 from .checkpoint_metrics import band_metrics, compute_metrics, versus_metrics
 from .plots import save_plots
@@ -55,30 +55,29 @@ def write_predictions(path: Path, scored: Scored, probs: np.ndarray) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/ subfolders")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[data_parser(), checkpoint_parser(), split_parser(), seed_parser("bootstrap seed"), threads_parser()],
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder for metrics.json and plots")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
-    parser.add_argument("--split", choices=("all", "val"), default="all", help="val: only the checkpoint's validation patients")
     parser.add_argument("--versus", default=None, help="a second model card to compare with on the same images")
     parser.add_argument("--blur", type=float, default=0.0, help="score softer copies: Gaussian blur of this sigma in px at the model's input size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The command: writes ``OUT/metrics.json``, the predictions and the plots, prints a summary."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """:func:`main`, returning the metrics it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint)
-    samples = list_samples(args.data)
-    if args.split == "val":
-        try:
-            samples = validation_samples(samples, args.checkpoint)
-        except FileNotFoundError as error:
-            raise SystemExit(str(error)) from None
+    samples = select(list_samples(args.data), args.split, args.checkpoint)
     if not samples:
         raise SystemExit(f"No images found under {args.data}/{{{','.join(CLASSES)}}} (split {args.split}).")
     perturb = blur_input(args.blur) if args.blur > 0 else None

@@ -52,7 +52,8 @@ from .. import CLASSES  # noqa: E402
 from ..explain.anatomy import zone_shares  # noqa: E402
 from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
 from ..models.classifier import Classifier  # noqa: E402
-from ..data import Sample, list_samples, seeded_subset, validation_samples  # noqa: E402
+from ..cli import checkpoint_parser, data_parser, limit_parser, seed_parser, select, split_parser, threads_parser  # noqa: E402
+from ..data import Sample, list_samples, seeded_subset  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
 from ..models.lungs import LungSegmenter  # noqa: E402
 from ..checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT  # noqa: E402
@@ -170,12 +171,7 @@ def explanation_maps(
 
 def select_samples(args: argparse.Namespace) -> list[Sample]:
     """Images of the requested classes (and split), a seeded random subset of ``--limit`` of them."""
-    samples = list_samples(args.data)
-    if args.split == "val":
-        try:
-            samples = validation_samples(samples, args.checkpoint)
-        except FileNotFoundError as error:
-            raise SystemExit(str(error)) from None
+    samples = select(list_samples(args.data), args.split, args.checkpoint)
     return seeded_subset([s for s in samples if CLASSES[s.label] in args.classes], args.limit, args.seed)
 
 
@@ -255,14 +251,11 @@ def plot_curves(path: Path, fraction: np.ndarray, mean_curves: dict[str, dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/ subfolders")
+    common = [data_parser(), checkpoint_parser(), split_parser(), limit_parser(), seed_parser("subset, random maps and tie-breaking"), threads_parser()]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--masks", required=True, help="reference lung masks, CLASS/NAME.png (255 = lung)")
     parser.add_argument("--out", required=True, help="output folder for faithfulness.json and the plot")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model card JSON")
-    parser.add_argument("--split", choices=("all", "val"), default="all", help="val: only the classifier's validation patients")
     parser.add_argument("--classes", nargs="+", choices=CLASSES, default=["PNEUMONIA"], help="which labelled classes to explain")
-    parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many images (0 = all)")
     parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
     parser.add_argument(
@@ -274,8 +267,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
     parser.add_argument("--step", type=int, default=STEP_PIXELS, help="pixels changed per deletion/insertion step")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0, help="subset, random maps and tie-breaking")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     args.maps = list(dict.fromkeys(args.maps))  # each map once, in the order given
     if args.lung_focus and "occlusion" not in args.maps:
@@ -283,7 +274,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The command: writes ``OUT/faithfulness.json`` and the curves, prints a summary."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """:func:`main`, returning what it writes to ``faithfulness.json``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.lung_checkpoint) if args.lung_focus else None

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, sha256_file
+from ..cli import checkpoint_parser, data_parser, threads_parser
 from ..data import Sample, list_samples, paired, read_mask, select_split
 from ..models.lungs import LungSegmenter
 from ..preprocess import read_dataset_image
@@ -73,19 +74,23 @@ def contact_sheet(segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], re
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with {NORMAL,PNEUMONIA}/ images")
+    common = [data_parser(), checkpoint_parser(DEFAULT_LUNG_CHECKPOINT, "lung model card (lungs.json)"), threads_parser()]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--masks", required=True, help="folder with {NORMAL,PNEUMONIA}/NAME.png reference masks")
     parser.add_argument("--out", required=True, help="folder for lung_metrics.json and the contact sheet")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung model card (lungs.json)")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
                         help="score all images, or one side of the patient-level split (val = the validation patients)")
     parser.add_argument("--sheet", type=int, default=32, help="images on the contact sheet (lowest Dice first)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The command: writes ``OUT/lung_metrics.json`` and the contact sheet, prints the summary."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """:func:`main`, returning what it writes to ``lung_metrics.json``."""
     import torch
 
     args = parse_args(argv)

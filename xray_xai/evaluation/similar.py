@@ -27,8 +27,8 @@ import torch
 
 from .. import CLASSES
 from ..models.classifier import Classifier
-from ..data import list_samples, validation_samples
-from ..checkpoint import DEFAULT_CHECKPOINT
+from ..cli import DATASET, TRAINING_SET, checkpoint_parser, data_parser, threads_parser, validation_split
+from ..data import list_samples
 from ..models.similar import FeatureSpace, nearest
 from ..models.features import cached_embed
 
@@ -68,15 +68,13 @@ def evaluate(index_features: np.ndarray, index_labels: np.ndarray, query_feature
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray/train")
-    parser.add_argument("--shift", default="../shared/data/chest_xray/shift_dev")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    common = [data_parser(TRAINING_SET, "the training folder (NORMAL/, PNEUMONIA/)"), checkpoint_parser(), threads_parser()]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    parser.add_argument("--shift", default=f"{DATASET}/shift_dev")
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 100000], help="principal axes kept (first = shipped; a large value keeps all)")
     parser.add_argument("--k", type=int, default=K)
     parser.add_argument("--out", default="checkpoints/similar_eval.json")
     parser.add_argument("--cache", default="outputs/features", help="feature cache folder shared with build_index ('' for none)")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else None
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in train], classifier.prepare, cache)
     shift_features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in shift], classifier.prepare, cache)
     labels, shift_labels = np.array([s.label for s in train]), np.array([s.label for s in shift])
-    held_out = {s.path for s in validation_samples(train, args.checkpoint)}
+    held_out = {s.path for s in validation_split(train, args.checkpoint)}
     val = np.array([s.path in held_out for s in train])
     results = {
         "k": args.k,

@@ -27,6 +27,7 @@ from timm.utils import ModelEmaV3
 from .. import CLASSES
 from ..calibration import fit_temperature, operating_points, sigmoid
 from ..checkpoint import ModelCard
+from ..cli import DATASET, data_parser, limit_parser, seed_parser, threads_parser
 from ..data import (
     SPLIT_SEED,
     VAL_FRACTION,
@@ -289,8 +290,13 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
+    common = [
+        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
+        seed_parser("initialisation and augmentation", defaults.seed),
+        threads_parser(),
+        limit_parser("use only this many images (smoke tests)"),
+    ]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--out", default="checkpoints/", help="where classifier.json and its weights are written")
     parser.add_argument("--work", default="runs/classifier", help="resumable training state")
     parser.add_argument("--arch", default=defaults.arch)
@@ -298,7 +304,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and augmentation")
     parser.add_argument("--init", default=None, help="fine-tune from this model card's weights (trained on the same validation split)")
     parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="which patients are held out for validation")
@@ -320,8 +325,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weight of the share of |CAM| outside the dilated reference lung mask (0 = off)")
     parser.add_argument("--mask-dilation", type=int, default=defaults.mask_dilation, help="px at 224 added around each lung mask")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (much faster on CPUs with AMX)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--limit", type=int, default=0, help="use only this many images (smoke tests)")
     return parser.parse_args(argv)
 
 

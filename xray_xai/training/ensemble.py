@@ -45,6 +45,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..calibration import ece, fit_temperature, nll, operating_points, sigmoid
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard, round_kernels
+from ..cli import DATASET, data_parser, seed_parser, threads_parser
 from ..data import VAL_PATIENTS_FILE, describe_split, list_samples, split_with_patients
 from ..models.ensemble import Ensemble
 from ..models.factory import load_checkpoint
@@ -264,8 +265,8 @@ def build(args: argparse.Namespace) -> ModelCard:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
+    common = [data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"), seed_parser("noise of the perturbed validation copies"), threads_parser()]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--members", nargs="+", required=True, help="model cards of the trained members")
     parser.add_argument("--out", default="checkpoints/", help="where the ensemble's classifier.json and weights are written")
     parser.add_argument("--lung-box", nargs="*", default=[], help="the members (cards among --members) trained on lung-box crops")
@@ -273,8 +274,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uncertainty-quantile", type=float, default=UNCERTAINTY_QUANTILE)
     parser.add_argument("--explainer", choices=["closest", "all"], default="closest",
                         help="maps from the member closest to the ensemble on validation (one network's cost), or averaged over all members")
-    parser.add_argument("--seed", type=int, default=0, help="noise of the perturbed validation copies")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
 

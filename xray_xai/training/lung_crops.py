@@ -22,9 +22,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import CLASSES
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT
+from ..cli import DATASET, data_parser, threads_parser
 from ..models.framing import LUNG_BOX_MARGIN, crop_to_lungs
 from ..models.lungs import LungSegmenter
-from ..checkpoint import DEFAULT_LUNG_CHECKPOINT
 from ..preprocess import read_dataset_image, to_model_size
 
 
@@ -41,16 +42,26 @@ def crop_split(source: Path, target: Path, segmenter: LungSegmenter, size: int, 
     return {"films": films, "whole_film_fallbacks": fallback}
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with SPLIT/{NORMAL,PNEUMONIA}")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    common = [data_parser(DATASET, "folder with SPLIT/{NORMAL,PNEUMONIA}"), threads_parser(1)]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--out", default="runs/crops", help="where the cropped copy is written")
     parser.add_argument("--splits", nargs="+", default=["train", "shift_dev"])
     parser.add_argument("--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT))
     parser.add_argument("--input-size", type=int, default=224, help="the classifier's input size: films are cropped as the app sees them")
     parser.add_argument("--margin", type=int, default=LUNG_BOX_MARGIN, help="px at 224 around the lungs")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """The command: writes the cropped copy and prints the counts (returned too, until the tests
+    that read them call :func:`run`)."""
+    return run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """:func:`main`, returning the counts per split."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.segmenter)
     counts = {split: crop_split(Path(args.data) / split, Path(args.out) / split, segmenter, args.input_size, args.margin) for split in args.splits}

@@ -27,6 +27,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
+from ..cli import DATASET, data_parser, limit_parser, seed_parser, threads_parser
 from ..data import (
     SPLIT_SEED,
     VAL_FRACTION,
@@ -213,8 +214,13 @@ def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pair
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = LungTrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/{NORMAL,PNEUMONIA}")
+    common = [
+        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
+        seed_parser("initialisation and augmentation", defaults.seed),
+        threads_parser(),
+        limit_parser("use only this many training pairs (smoke tests)"),
+    ]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--masks", default="../shared/data/lung_masks", help="folder with train/{NORMAL,PNEUMONIA}/NAME.png")
     parser.add_argument("--out", default="checkpoints/", help="where lungs.json and its weights are written")
     parser.add_argument("--work", default="runs/lungs", help="resumable training state")
@@ -224,13 +230,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--limit", type=int, default=0, help="use only this many training pairs (smoke tests)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> LungCard:
+def main(argv: list[str] | None = None) -> None:
+    """The command: trains (or resumes) and writes ``OUT/lungs.json`` and its weights."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> LungCard:
+    """:func:`main`, returning the card it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     return train(args)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import Sample, list_samples, seeded_subset, validation_samples
-from ..checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard
+from ..cli import TRAINING_SET, checkpoint_parser, data_parser, limit_parser, seed_parser, threads_parser, validation_split
+from ..data import Sample, list_samples, seeded_subset
 from ..pipeline import Options, Pipeline
 
 PERCENTILE = 95.0
@@ -64,25 +65,30 @@ def write_thresholds(card_path: str | Path, thresholds: dict[str, float], n: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/chest_xray/train", help="folder with NORMAL/ and PNEUMONIA/ (the training set)")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="classifier model card to fit and update")
+    common = [
+        data_parser(TRAINING_SET, "folder with NORMAL/ and PNEUMONIA/ (the training set)"),
+        checkpoint_parser(help="classifier model card to fit and update"),
+        limit_parser("seeded random subset of this many validation images (0 = all)"),
+        seed_parser("the subset of validation images"),
+        threads_parser(),
+    ]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter model card")
-    parser.add_argument("--limit", type=int, default=0, help="seeded random subset of this many validation images (0 = all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The command: fits the thresholds, writes them into the card and prints its ``explanations``."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """:func:`main`, returning the card's updated ``explanations``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.lung_checkpoint).is_file():
         raise SystemExit(f"Lung segmenter not found: {args.lung_checkpoint}; the thresholds need predicted lung masks.")
-    try:
-        samples = validation_samples(list_samples(args.data), args.checkpoint)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
+    samples = validation_split(list_samples(args.data), args.checkpoint)
     samples = seeded_subset(samples, args.limit, args.seed)
     pipeline = Pipeline.load(args.checkpoint, args.lung_checkpoint)
     shares = outside_lung_shares(pipeline, samples)
