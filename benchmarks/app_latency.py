@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from gradio_client import Client, handle_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import ROOT, running_app  # noqa: E402
+from server import ROOT, running_app
 
 
 def time_stream(client: Client, path: Path) -> tuple[float, float]:

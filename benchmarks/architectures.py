@@ -18,16 +18,13 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from xray_xai.explain.cam import compute_cam  # noqa: E402
-from xray_xai.models.factory import create_model  # noqa: E402
-from xray_xai.explain.occlusion import occlusion_map  # noqa: E402
-from xray_xai.pipeline import OCCLUSION_PRESETS  # noqa: E402
+from xray_xai.explain.cam import compute_cam
+from xray_xai.explain.occlusion import occlusion_map
+from xray_xai.models.factory import create_model
+from xray_xai.pipeline import OCCLUSION_PRESETS
 
 CANDIDATES = ("resnet10t", "resnet14t", "resnet18", "resnet26")
 SIZE = 224

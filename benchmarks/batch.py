@@ -26,8 +26,6 @@ from pathlib import Path
 
 import ray
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from xray_xai.batch import Job, expand_inputs, ray_engine, run, run_local, threads_per_worker
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
 from xray_xai.pipeline import Options

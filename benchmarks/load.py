@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from gradio_client import Client, handle_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import ROOT, peak_rss_mb, running_app  # noqa: E402
+from server import ROOT, peak_rss_mb, running_app
 
 GENERIC_ERRORS = {"", "error", "none"}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -23,14 +22,12 @@ import numpy as np
 import torch
 from captum.attr import Occlusion
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from xray_xai.models.classifier import Classifier
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT
-from xray_xai.models.factory import create_model
 from xray_xai.explain.occlusion import make_baseline, occlusion_map, occlusion_map_naive
-from xray_xai.pipeline import OCCLUSION_PRESETS
 from xray_xai.imaging import load_image
+from xray_xai.models.classifier import Classifier
+from xray_xai.models.factory import create_model
+from xray_xai.pipeline import OCCLUSION_PRESETS
 from xray_xai.preprocess import preprocess
 
 CONFIGS = ((32, 16), (16, 8))

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xray_xai.models.similar import DEFAULT_INDEX, K, SimilarIndex  # noqa: E402
+from xray_xai.models.similar import DEFAULT_INDEX, K, SimilarIndex
 
 
 def main() -> None:

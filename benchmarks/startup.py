@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from gradio_client import Client, handle_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import ROOT, free_port  # noqa: E402
+from server import ROOT, free_port
 
 EAGER = "import pytorch_grad_cam, sklearn.covariance, runpy, sys; sys.argv = ['app.py', *sys.argv[1:]]; runpy.run_path('app.py', run_name='__main__')"
 VARIANTS = {"shipped": ["app.py"], "eager_imports": ["-c", EAGER]}
