@@ -16,12 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import Sample
+from ..data import Sample, mask_path
 from ..preprocess import read_dataset_image, to_model_size
 
 MASK_DILATION = 8  # px at 224: the reference outlines are tight; evidence at the lung edge is still lung evidence
@@ -33,11 +32,10 @@ def load_masks(samples: list[Sample], mask_root: str | Path, size: int) -> tuple
     A film's mask is ``mask_root/CLASS/STEM.png``; films without one get an all-ones mask and
     ``False`` (no guidance: nothing counts as outside).
     """
-    mask_root = Path(mask_root)
     out = torch.ones((len(samples), 1, size, size), dtype=torch.uint8)
     found = torch.zeros(len(samples), dtype=torch.bool)
     for i, sample in enumerate(tqdm(samples, desc="lung masks", file=sys.stderr, leave=False)):
-        path = mask_root / sample.path.parent.name / f"{sample.path.stem}.png"
+        path = mask_path(sample, mask_root)
         if path.is_file():
             out[i, 0] = torch.from_numpy(to_model_size(read_dataset_image(path), size) > 0.5)
             found[i] = True
