@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
@@ -124,8 +125,12 @@ def test_cli_writes_every_metric_and_plot(tiny):
         assert point["ppv"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
         assert point["npv"] == (pytest.approx(tn / (tn + fn)) if tn + fn else None)
     assert len({(point["confusion"][1][1], point["confusion"][0][1]) for point in metrics["operating_points"].values()}) > 1
-    for plot in ("roc.png", "pr.png", "reliability.png", "confusion_balanced.png", "confusion_screening.png", "confusion_rule_in.png"):
-        assert (out / plot).stat().st_size > 1000, plot
+    # Each PNG is the figure it names, at 120 dpi (the panels themselves are tested in test_plots).
+    sizes = {"roc.png": (600, 600), "pr.png": (600, 600), "reliability.png": (1080, 540)} | {f"confusion_{n}.png": (480, 480) for n in metrics["operating_points"]}
+    assert metrics["plots"] == list(sizes) and {p.name for p in out.glob("*.png")} == set(sizes)
+    for plot, size in sizes.items():
+        with Image.open(out / plot) as image:
+            assert image.size == size and len(image.getcolors(1 << 16) or range(1 << 16)) > 50, plot  # drawn, not blank
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     by_file = {f"{CLASSES[s.label]}/{s.path.name}": probability for s, probability in zip(readable, p)}
     assert len(rows) == 8 and all(float(r["probability"]) == pytest.approx(by_file[r["file"]], abs=1e-4) for r in rows)
@@ -152,7 +157,8 @@ def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):
     assert metrics["auroc"] is None and metrics["auroc_ci95"] is None and metrics["auprc"] is None
     assert any("one class" in note for note in metrics["notes"])
     assert metrics["operating_points"]["balanced"]["sensitivity"] is None
-    assert (tmp_path / "out" / "reliability.png").exists() and not (tmp_path / "out" / "roc.png").exists()
+    assert metrics["plots"] == ["reliability.png", "confusion_balanced.png", "confusion_screening.png", "confusion_rule_in.png"]
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == set(metrics["plots"])  # no ROC or PR curve of one class
 
 
 def test_cli_val_split_and_versus(tiny, tmp_path):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.evaluation import faithfulness
@@ -132,7 +133,8 @@ def test_cli_writes_every_figure(tiny):
     assert len(saved["mean_curves"]["fraction"]) == len(saved["mean_curves"]["gradcam"]["deletion"]) == 32 + 1
     assert all(k.startswith("PNEUMONIA/") for k in saved["probabilities"])
     assert set(saved["probability"]) == {"clean", "deleted", "blurred"} and all(0 <= v <= 1 for v in saved["probability"].values())
-    assert (root / "out" / "faithfulness_curves.png").stat().st_size > 1000
+    with Image.open(root / "out" / "faithfulness_curves.png") as plot:
+        assert plot.size == (1200, 504) and len(plot.getcolors(1 << 16) or range(1 << 16)) > 50  # two panels at 120 dpi, drawn
 
 
 def test_cli_limit_classes_and_validation_split(tiny, tmp_path):

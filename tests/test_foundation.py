@@ -1,8 +1,7 @@
-"""The foundation: patient-level split, preprocessing, checkpoints, calibration, training."""
+"""The foundation: patient-level split, preprocessing, checkpoints, calibration and training augmentation (the training command end to end: test_train_classifier_cli)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -10,19 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_ARCH
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from tiny import TINY_ARCH, make_tiny_dataset
 from xray_xai.calibration import fit_temperature, nll, operating_points, sigmoid
-from xray_xai.models.classifier import Classifier
-from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
 from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patients
+from xray_xai.models.classifier import Classifier
 from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
 from xray_xai.training.augment import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Augmentation, augment, mix
 from xray_xai.training.classifier import TrainConfig
-from xray_xai.training.classifier import main as train_main
-
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -173,25 +170,6 @@ def rates(probs, labels, threshold):
     return predicted[labels == 1].mean(), (~predicted[labels == 0]).mean()
 
 
-def test_operating_points_meet_their_constraints():
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], [300, 500])
-    probs = sigmoid(rng.normal(0, 1, 800) + 2.0 * labels - 1.0)
-    points = operating_points(probs, labels)
-    candidates = np.unique(probs)
-
-    t = points["screening"]["threshold"]
-    assert rates(probs, labels, t)[0] >= 0.95
-    assert rates(probs, labels, candidates[candidates > t][0])[0] < 0.95  # the highest such threshold
-    t = points["rule_in"]["threshold"]
-    assert rates(probs, labels, t)[1] >= 0.90
-    assert rates(probs, labels, candidates[candidates < t][-1])[1] < 0.90  # the lowest such threshold
-    assert points["balanced"]["threshold"] == pytest.approx(500 / 800)  # the prevalence
-    for name, point in points.items():
-        sensitivity, specificity = rates(probs, labels, point["threshold"])
-        assert point["sensitivity"] == pytest.approx(sensitivity) and point["specificity"] == pytest.approx(specificity), name
-
-
 def test_balanced_point_maximises_youden_for_calibrated_probabilities():
     """The prevalence threshold reaches the maximum J of calibrated probabilities (here 0.71
     prevalence, where a 0.5 threshold loses 0.12 of J), without searching a noisy sample."""
@@ -259,48 +237,3 @@ def test_mixup_blends_each_film_and_its_target_with_the_same_weight():
     assert (~torch.isclose(mixed[:, 0, 0, 0], torch.arange(16).float(), atol=0.1)).sum() >= 4  # real blends
     again, y_again = mix(pixels, targets, 0.4, torch.Generator().manual_seed(0))
     assert torch.equal(again, mixed) and torch.equal(y_again, y)
-
-
-def test_training_cli_end_to_end_and_resume(tmp_path, capsys):
-    make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
-    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"), "--work", str(tmp_path / "work"),
-            "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "2", "--threads", "1"]  # fmt: skip
-    train_main(argv)
-    assert "resuming" not in capsys.readouterr().out
-    for name in ("classifier.json", "classifier.safetensors", "classifier_val_patients.json"):
-        assert (tmp_path / "ckpt" / name).is_file(), name
-    card = json.loads((tmp_path / "ckpt" / "classifier.json").read_text())
-    assert set(card["operating_points"]) == {"balanced", "screening", "rule_in"} and card["temperature"] > 0
-    assert card["training"]["epochs_run"] == 2 and len(card["validation"]["history"]) == 2
-    val_patients = json.loads((tmp_path / "ckpt" / "classifier_val_patients.json").read_text())["patients"]
-    assert len(val_patients) == card["data"]["val_patients"] > 0
-    classifier = Classifier.load(tmp_path / "ckpt" / "classifier.json")
-    assert 0 <= classifier.predict(smooth_image(50, 40)).probability <= 1
-
-    assert card["validation"]["stored_weights_max_abs_prob_diff"] <= 1e-3
-    assert card["weights_dtype"].startswith("float16")
-
-    train_main(argv)
-    assert "resuming after epoch 2" in capsys.readouterr().out
-
-    state = tmp_path / "work" / "last.json"  # a run saved before an option existed resumes with its default
-    meta = json.loads(state.read_text())
-    del meta["config"]["gamma"]
-    state.write_text(json.dumps(meta))
-    train_main(argv)
-    assert "resuming after epoch 2" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="another configuration"):
-        train_main([*argv, "--lr", "0.1"])
-    with pytest.raises(SystemExit, match="another configuration"):
-        train_main([*argv, "--mixup", "0.2"])
-
-
-def test_training_stores_float32_when_float16_would_move_probabilities(tmp_path, monkeypatch):
-    import xray_xai.training.finalize as finalize
-
-    monkeypatch.setattr(finalize, "FP16_TOLERANCE", -1.0)  # no float16 file is close enough
-    make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
-    train_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"), "--work", str(tmp_path / "work"),
-                "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "1", "--threads", "1"])  # fmt: skip
-    card = json.loads((tmp_path / "ckpt" / "classifier.json").read_text())
-    assert card["weights_dtype"] == "float32" and card["validation"]["stored_weights_max_abs_prob_diff"] == 0.0

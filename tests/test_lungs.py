@@ -148,8 +148,10 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
     # 2 images per class have no mask (the first of each class), the rest are paired.
     assert saved["data"]["images_without_mask_skipped"] == 2
     assert saved["data"]["train_pairs"] + saved["data"]["val_pairs"] == 26
-    for key in ("n", "dice_mean", "dice_p05", "iou_mean"):
-        assert key in saved["validation"]
+    scored = saved["validation"]
+    assert scored["n"] == saved["data"]["val_pairs"] > 0
+    assert 0 <= scored["dice_min"] <= scored["dice_p05"] <= scored["dice_mean"] <= 1 and 0 <= scored["iou_mean"] <= scored["dice_mean"]
+    assert 0 <= scored["plausible_fraction"] <= 1 and "saved float16 checkpoint" in scored["scored"]
     assert card.validation == saved["validation"]
 
     # Rerunning resumes after the last finished epoch instead of training again.

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.calibration import ece
@@ -78,7 +78,12 @@ def test_roc_and_pr_figures_show_both_splits_with_their_areas(report_path):
         auroc = roc_auc_score(split.labels, split.probs)
         assert any(label.startswith(f"{name}: AUROC {auroc:.3f}") for label in labels), labels
     pr = pr_figure(report)
-    assert sum("AUPRC" in line.get_label() for line in pr.axes[0].get_lines()) == 2
+    legend = [t.get_text() for t in pr.axes[0].get_legend().get_texts()]
+    assert legend == [
+        entry
+        for name, split in report.splits.items()
+        for entry in (f"{name}: AUPRC {average_precision_score(split.labels, split.probs):.3f}", f"{name} prevalence {percent(split.labels.mean())}")
+    ]
     assert _renders(roc) and _renders(pr)
 
 
@@ -100,7 +105,10 @@ def test_bands_table_counts_every_film(report_path):
     table = bands_table(ModelReport.load(report_path))
     assert list(table["Band"]) == ["High", "Moderate", "Low"]
     assert table["validation n"].sum() == 90 and table["shift_dev n"].sum() == 60
-    assert all(v.endswith("%") or v == "n/a" for v in table["validation accuracy"])
+    for name, split in ModelReport.load(report_path).splits.items():
+        right = (split.probs >= 0.5) == split.labels  # the balanced threshold of POINTS
+        expected = [percent(right[split.bands == band].mean()) if (split.bands == band).any() else "n/a" for band in ("High", "Moderate", "Low")]
+        assert list(table[f"{name} accuracy"]) == expected and list(table[f"{name} n"]) == [(split.bands == b).sum() for b in ("High", "Moderate", "Low")]
 
 
 def test_explorer_recomputes_ppv_and_npv_for_the_prevalence(report_path):
@@ -186,6 +194,8 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (CI installs the Debian package)")
 def test_model_tab_renders_in_a_browser(report_path):
     playwright = pytest.importorskip("playwright.sync_api")
