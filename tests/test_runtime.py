@@ -173,6 +173,13 @@ def test_serve_compiles_only_when_the_card_or_the_environment_asks(net, cache, m
     card.runtime = {"engine": "openvino", "precision": "f32"}
     served = runtime.serve(net, card)
     assert isinstance(served, runtime.CompiledNet) and served.precision == "f32"
+    card.runtime = {"engine": "openvino", "precision": "f32", "passing": ["f32"]}
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "openvino:bf16")  # failed the card's accuracy check: f32 instead
+    with pytest.warns(RuntimeWarning, match="accuracy check"):
+        assert runtime.serve(net, card).precision == "f32"
+    card.runtime = {"engine": "openvino", "precision": "f32", "passing": []}
+    with pytest.warns(RuntimeWarning, match="serving with torch"):
+        assert runtime.serve(net, card) is net
     monkeypatch.setenv(runtime.RUNTIME_ENV, "torch")
     assert runtime.serve(net, card) is net
     monkeypatch.setenv(runtime.RUNTIME_ENV, "openvino:f32")
@@ -180,7 +187,8 @@ def test_serve_compiles_only_when_the_card_or_the_environment_asks(net, cache, m
         runtime.serve(net, ModelCard(arch="resnet10t", input_size=SIZE, mean=0.5, std=0.25)), runtime.CompiledNet
     )
     monkeypatch.setattr(runtime, "accelerate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no CPU plugin")))
-    with pytest.warns(RuntimeWarning, match="serving with torch"):
+    card.runtime = {"engine": "openvino", "precision": "f32"}
+    with pytest.warns(RuntimeWarning, match="could not compile"):
         assert runtime.serve(net, card) is net
 
 

@@ -33,13 +33,13 @@ Interface
 ``accelerate_segmenter(segmenter, precision="f32")``
     A :class:`~xray_xai.models.lungs.LungSegmenter` on the same card whose U-Net runs compiled.
 
-``serve(model, card)``
-    What the ``Classifier`` should score with: ``accelerate(model, ...)`` when the card's
-    ``runtime`` section (or the ``XRAY_XAI_RUNTIME`` environment variable, e.g. ``openvino:bf16``
-    or ``torch``) asks for OpenVINO and it can be used, else ``model`` itself (with a warning when
-    OpenVINO was asked for but cannot be used). Card section: ``{"engine": "openvino",
-    "precision": "f32"}``; only a precision that passed ``benchmarks/runtime.py --accuracy`` may go
-    there.
+``serve(model, card, segmenter=None)``
+    What the ``Classifier`` should score with: ``accelerate(model, ...)`` (warmed up at batch 1)
+    when the card's ``runtime`` section (or the ``XRAY_XAI_RUNTIME`` environment variable, e.g.
+    ``openvino:f32`` or ``torch``) asks for OpenVINO and it can be used, else ``model`` itself
+    (with a warning when OpenVINO was asked for but cannot be used). Card section:
+    ``{"engine": "openvino", "precision": "f32", "passing": ["f32"]}``: ``passing`` lists the
+    precisions that passed ``benchmarks/runtime.py --accuracy``, and no other is ever served.
 
 ``warm_cache(card_path)`` / ``python -m xray_xai.models.runtime [CARD]``
     Converts and compiles a checkpoint's networks into the cache ahead of the first start.
@@ -369,14 +369,28 @@ def requested(card_runtime: dict | None) -> tuple[str, str]:
     return str(card_runtime.get("engine", "torch")).lower(), str(card_runtime.get("precision", "f32")).lower()
 
 
-def serve(model: nn.Module, card) -> nn.Module:
+def serve(model: nn.Module, card, segmenter: LungSegmenter | None = None) -> nn.Module:
     """The model a ``Classifier`` should score with (see the module docstring): compiled when asked
-    for and possible, else ``model`` unchanged."""
+    for and possible, else ``model`` unchanged. A card's ``runtime["passing"]`` (the precisions that
+    passed the accuracy check) vetoes any other precision, even one asked for by the environment.
+    ``segmenter``: an accelerated lung segmenter to share (see :func:`accelerate`)."""
     if model is None:
         return model
     engine, precision = requested(getattr(card, "runtime", None))
     if engine != "openvino":
         return model
+    passing = (getattr(card, "runtime", None) or {}).get("passing")
+    if passing is not None and precision not in passing:
+        fallback = "f32" if "f32" in passing else None
+        warnings.warn(
+            f"OpenVINO {precision} failed the model card's accuracy check: serving with "
+            f"{'OpenVINO f32' if fallback else 'torch'}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if fallback is None:
+            return model
+        precision = fallback
     if not available():
         warnings.warn(
             "The model card asks for OpenVINO, which is not installed: serving with torch.",
@@ -385,7 +399,7 @@ def serve(model: nn.Module, card) -> nn.Module:
         )
         return model
     try:
-        served = accelerate(model, card.input_size, precision)
+        served = accelerate(model, card.input_size, precision, segmenter=segmenter)
         with torch.inference_mode():  # the first call of a compiled network prepares its kernels
             served(torch.zeros(1, 1, card.input_size, card.input_size))
         return served
