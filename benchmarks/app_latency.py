@@ -81,8 +81,10 @@ def time_browser(url: str, paths: list[Path]) -> list[tuple[float, float]]:
                 clear.click()
             page.locator("#upload input[type=file]").set_input_files(str(path))
             page.wait_for_function(  # the app's own preview of this upload is shown
-                "(before) => { const img = document.querySelector('#preview img'); return img && img.src !== before && img.complete; }",
-                arg=preview, timeout=60_000,
+                "(before) => { const img = document.querySelector('#preview img'); "
+                "return img && img.src !== before && img.complete; }",
+                arg=preview,
+                timeout=60_000,
             )
             page.wait_for_load_state("networkidle")
             times.append(tuple(page.evaluate(BROWSER_RUN)))
@@ -107,20 +109,31 @@ def main() -> None:
             start = time.perf_counter()
             client.predict(handle_file(str(path)), "balanced", api_name="/predict")
             predict.append(time.perf_counter() - start)
-            print(f"client  run {i + 1:2d}: first answer {f:.3f}s, full {t:.3f}s, /predict {predict[-1]:.3f}s", flush=True)
+            print(
+                f"client  run {i + 1:2d}: first answer {f:.3f}s, full {t:.3f}s, /predict {predict[-1]:.3f}s", flush=True
+            )
         browser = time_browser(url, [examples[0], *paths])[1:]  # the first run warms the page up
         for i, (f, t) in enumerate(browser):
             print(f"browser run {i + 1:2d}: first answer {f:.3f}s, full {t:.3f}s", flush=True)
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 3)  # noqa: E731
-    browser_first, browser_full = zip(*browser)
-    print(json.dumps({
-        "runs": args.runs,
-        "browser_first_answer_p50_s": pct(browser_first, 50), "browser_first_answer_p95_s": pct(browser_first, 95),
-        "browser_full_p50_s": pct(browser_full, 50), "browser_full_p95_s": pct(browser_full, 95),
-        "client_first_answer_p50_s": pct(first, 50), "client_first_answer_p95_s": pct(first, 95),
-        "client_full_p50_s": pct(full, 50), "client_full_p95_s": pct(full, 95),
-        "predict_p50_s": pct(predict, 50), "predict_p95_s": pct(predict, 95),
-    }))
+    browser_first, browser_full = zip(*browser, strict=True)
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "browser_first_answer_p50_s": pct(browser_first, 50),
+                "browser_first_answer_p95_s": pct(browser_first, 95),
+                "browser_full_p50_s": pct(browser_full, 50),
+                "browser_full_p95_s": pct(browser_full, 95),
+                "client_first_answer_p50_s": pct(first, 50),
+                "client_first_answer_p95_s": pct(first, 95),
+                "client_full_p50_s": pct(full, 50),
+                "client_full_p95_s": pct(full, 95),
+                "predict_p50_s": pct(predict, 50),
+                "predict_p95_s": pct(predict, 95),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

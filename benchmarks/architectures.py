@@ -55,27 +55,35 @@ def main() -> None:
         "occlusion_fast": lambda m: occlusion_map(m, x, **OCCLUSION_PRESETS["fast"], target_class=1),
     }
     times = {arch: {task: [] for task in tasks} for arch in CANDIDATES}
-    for arch, model in models.items():  # warm-up: first calls set up kernels and the folded copies
+    for model in models.values():  # warm-up: first calls set up kernels and the folded copies
         for run in tasks.values():
             run(model)
     for repeat in range(args.repeats):
         for arch, model in models.items():
             for task, run in tasks.items():
-                times[arch][task].append(milliseconds(lambda: run(model)))
+                times[arch][task].append(milliseconds(lambda run=run, model=model: run(model)))
         print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
     median = {arch: {task: round(statistics.median(v), 1) for task, v in t.items()} for arch, t in times.items()}
     params = {arch: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for arch, m in models.items()}
     for arch in CANDIDATES:
-        print(f"{arch:10s} {params[arch]:6.2f} M params  " + "  ".join(f"{k} {v:7.1f} ms" for k, v in median[arch].items()))
-    print(json.dumps({
-        "threads": 2,
-        "repeats": args.repeats,
-        "params_millions": params,
-        "median_ms": median,
-        "ratio_to_resnet18": {
-            arch: {task: round(median[arch][task] / median["resnet18"][task], 2) for task in tasks} for arch in CANDIDATES
-        },
-    }))
+        print(
+            f"{arch:10s} {params[arch]:6.2f} M params  "
+            + "  ".join(f"{k} {v:7.1f} ms" for k, v in median[arch].items())
+        )
+    print(
+        json.dumps(
+            {
+                "threads": 2,
+                "repeats": args.repeats,
+                "params_millions": params,
+                "median_ms": median,
+                "ratio_to_resnet18": {
+                    arch: {task: round(median[arch][task] / median["resnet18"][task], 2) for task in tasks}
+                    for arch in CANDIDATES
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

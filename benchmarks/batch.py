@@ -84,7 +84,19 @@ def main() -> None:
     headline = table[occlusion]
     best = max(args.workers, key=lambda w: headline[f"ray x{w}"])
     ray_fps = headline[f"ray x{best}"]
-    print(json.dumps({"local_fps": headline["local"], "ray_fps": ray_fps, "ray_workers": best, "speedup": round(ray_fps / headline["local"], 3), "occlusion": occlusion, "films": len(films), "table": table}))
+    print(
+        json.dumps(
+            {
+                "local_fps": headline["local"],
+                "ray_fps": ray_fps,
+                "ray_workers": best,
+                "speedup": round(ray_fps / headline["local"], 3),
+                "occlusion": occlusion,
+                "films": len(films),
+                "table": table,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

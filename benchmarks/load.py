@@ -79,15 +79,19 @@ def main() -> None:
         still_answers = not send(url, ("/predict", examples[0], True), time.time() + 60)[1]
         rss = peak_rss_mb(process.pid)
     times = [t for t, _ in outcomes]
-    print(json.dumps({
-        "requests": len(jobs),
-        "clients": args.clients,
-        "unexpected_failures": sum(u for _, u in outcomes),
-        "p50_s": round(float(np.percentile(times, 50)), 3),
-        "p95_s": round(float(np.percentile(times, 95)), 3),
-        "peak_rss_mb": round(rss, 1),
-        "answers_afterwards": still_answers,
-    }))
+    print(
+        json.dumps(
+            {
+                "requests": len(jobs),
+                "clients": args.clients,
+                "unexpected_failures": sum(u for _, u in outcomes),
+                "p50_s": round(float(np.percentile(times, 50)), 3),
+                "p95_s": round(float(np.percentile(times, 95)), 3),
+                "peak_rss_mb": round(rss, 1),
+                "answers_afterwards": still_answers,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

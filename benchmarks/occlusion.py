@@ -131,7 +131,8 @@ def main() -> None:
         print(
             f"window/stride {key}: ours {ours:.2f} s | full-network batched {medians['batched'][key]:.2f} s "
             f"({medians['batched'][key] / ours:.2f}x) | captum {medians['captum'][key]:.2f} s "
-            f"({medians['captum'][key] / ours:.2f}x) | naive {medians['naive'][key]:.2f} s ({medians['naive'][key] / ours:.2f}x)"
+            f"({medians['captum'][key] / ours:.2f}x) | naive {medians['naive'][key]:.2f} s "
+            f"({medians['naive'][key] / ours:.2f}x)"
         )
     print(f"max |ours - other| over all maps: {max_abs_diff:.2e}")
 

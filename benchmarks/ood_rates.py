@@ -59,7 +59,9 @@ def packaged_images() -> list[Path]:
         folders.append(Path(matplotlib.get_data_path()) / "sample_data")
     except ImportError:
         pass
-    return sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def variants(image: LoadedImage, rng: np.random.Generator) -> dict[str, LoadedImage]:
@@ -149,7 +151,9 @@ def main() -> None:
     by_kind = {}
     for kind in sorted({name.split("/")[0] for name in non}):
         by_kind[kind] = summarise({k: v for k, v in non_keys.items() if k.startswith(kind + "/")})
-        print(f"{kind:12s} n={by_kind[kind]['n']:4d} flagged {by_kind[kind]['flag_rate']:.1%}  {by_kind[kind]['reasons']}")
+        print(
+            f"{kind:12s} n={by_kind[kind]['n']:4d} flagged {by_kind[kind]['flag_rate']:.1%}  {by_kind[kind]['reasons']}"
+        )
     print(f"validation radiographs: {val_summary}")
     print(f"non-radiographs: {non_summary}; the loader rejected {len(rejected)} more: {', '.join(rejected)}")
     flagged_names = [Path(k).name for k, v in val_keys.items() if v]

@@ -28,7 +28,10 @@ def running_app(timeout_s: float = 120.0):
     env = {**os.environ, "CPU_CORES": os.environ.get("CPU_CORES", "2"), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(
         [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout_s
@@ -37,9 +40,9 @@ def running_app(timeout_s: float = 120.0):
             try:
                 Client(url, verbose=False)
                 break
-            except Exception:
+            except Exception as error:
                 if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the app did not start")
+                    raise RuntimeError("the app did not start") from error
                 time.sleep(0.5)
         yield url, process
     finally:

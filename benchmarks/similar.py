@@ -27,7 +27,9 @@ def main() -> None:
     index = SimilarIndex.load(args.index)
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    features = index.space.mean + index.space.scale * rng.standard_normal((args.queries, index.space.mean.shape[0])).astype(np.float32)
+    features = index.space.mean + index.space.scale * rng.standard_normal(
+        (args.queries, index.space.mean.shape[0])
+    ).astype(np.float32)
     index.search(features[0])  # warm-up
     search, thumbs = [], []
     for query in features:
@@ -39,13 +41,24 @@ def main() -> None:
             index.thumbnail(case.id)
         thumbs.append(time.perf_counter() - start)
     ms = lambda xs, q: round(1000 * float(np.percentile(xs, q)), 3)  # noqa: E731
-    print(f"{len(index)} films x {index.card.dims} axes: search p50 {ms(search, 50)} ms (p95 {ms(search, 95)} ms); "
-          f"{K} thumbnails p50 {ms(thumbs, 50)} ms; index load {load_s:.2f} s")
-    print(json.dumps({
-        "films": len(index), "dims": index.card.dims, "k": K, "queries": args.queries,
-        "search_p50_ms": ms(search, 50), "search_p95_ms": ms(search, 95),
-        "thumbnails_p50_ms": ms(thumbs, 50), "load_s": round(load_s, 3),
-    }))
+    print(
+        f"{len(index)} films x {index.card.dims} axes: search p50 {ms(search, 50)} ms (p95 {ms(search, 95)} ms); "
+        f"{K} thumbnails p50 {ms(thumbs, 50)} ms; index load {load_s:.2f} s"
+    )
+    print(
+        json.dumps(
+            {
+                "films": len(index),
+                "dims": index.card.dims,
+                "k": K,
+                "queries": args.queries,
+                "search_p50_ms": ms(search, 50),
+                "search_p95_ms": ms(search, 95),
+                "thumbnails_p50_ms": ms(thumbs, 50),
+                "load_s": round(load_s, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

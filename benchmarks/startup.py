@@ -24,7 +24,10 @@ import numpy as np
 from gradio_client import Client, handle_file
 from server import ROOT, free_port
 
-EAGER = "import pytorch_grad_cam, sklearn.covariance, runpy, sys; sys.argv = ['app.py', *sys.argv[1:]]; runpy.run_path('app.py', run_name='__main__')"
+EAGER = (
+    "import pytorch_grad_cam, sklearn.covariance, runpy, sys; "
+    "sys.argv = ['app.py', *sys.argv[1:]]; runpy.run_path('app.py', run_name='__main__')"
+)
 VARIANTS = {"shipped": ["app.py"], "eager_imports": ["-c", EAGER]}
 
 
@@ -34,9 +37,9 @@ def wait_for_page(url: str, start: float, process: subprocess.Popen, timeout_s: 
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return time.perf_counter() - start
-        except OSError:
+        except OSError as error:
             if process.poll() is not None or time.perf_counter() - start > timeout_s:
-                raise RuntimeError("the app did not start")
+                raise RuntimeError("the app did not start") from error
             time.sleep(0.05)
 
 
@@ -46,7 +49,10 @@ def one_start(variant: str, example: Path) -> dict[str, float]:
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, *VARIANTS[variant], "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -74,11 +80,17 @@ def main() -> None:
             runs[name].append(timing)
             print(f"run {i + 1} {name:13s} " + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()), flush=True)
     median = {name: {k: round(float(np.median([r[k] for r in rs])), 2) for k in rs[0]} for name, rs in runs.items()}
-    print(json.dumps({
-        "runs": args.runs,
-        **{f"{name}_{k}": v for name, m in median.items() for k, v in m.items()},
-        "page_ratio_eager_over_shipped": round(median["eager_imports"]["page_s"] / median["shipped"]["page_s"], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                **{f"{name}_{k}": v for name, m in median.items() for k, v in m.items()},
+                "page_ratio_eager_over_shipped": round(
+                    median["eager_imports"]["page_s"] / median["shipped"]["page_s"], 2
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_checkpoint, make_tiny_dataset
-from xray_xai.models.classifier import Classifier
+
+from xray_xai.checkpoint import ModelCard
 from xray_xai.evaluation.checkpoint_metrics import band_metrics
 from xray_xai.evaluation.classifier import run
 from xray_xai.evaluation.scoring import Scored, blur_input
-from xray_xai.checkpoint import ModelCard
+from xray_xai.models.classifier import Classifier
 
 
 def card_classifier(**uncertainty) -> Classifier:
@@ -37,7 +37,7 @@ def test_band_metrics_count_accuracy_per_band_and_high_band_errors():
         (0.55, 0, (0.55, 0.55), False),  # Low, wrong
         (0.97, 1, (0.97, 0.97), True),  # High -> Low as unusual, right
     ]
-    p, labels, members, unusual = (np.array(column) for column in zip(*films))
+    p, labels, members, unusual = (np.array(column) for column in zip(*films, strict=True))
     scored = Scored([], np.array([logit(v) for v in p]), members.astype(float), unusual.astype(bool), [])
     metrics = band_metrics(labels, scored, card_classifier(threshold=0.05))
     assert metrics["bands"] == {
@@ -48,7 +48,10 @@ def test_band_metrics_count_accuracy_per_band_and_high_band_errors():
     assert metrics["high_band_error_rate"] == pytest.approx(1 / 7)
     lo, hi = metrics["high_band_error_rate_ci95"]
     assert lo == 0 and 1 / 7 < hi <= 3 / 7  # one wrong High answer in 7 films, resampled
-    assert band_metrics(labels, scored, card_classifier(threshold=0.05), n_bootstrap=0)["high_band_error_rate_ci95"] is None
+    assert (
+        band_metrics(labels, scored, card_classifier(threshold=0.05), n_bootstrap=0)["high_band_error_rate_ci95"]
+        is None
+    )
     assert metrics["flagged"]["wrong"] == {"n": 3, "share_flagged": pytest.approx(2 / 3)}
     assert metrics["flagged"]["right"] == {"n": 4, "share_flagged": pytest.approx(2 / 4)}
     assert metrics["band_lowered"] == {"wrong": pytest.approx(1 / 3), "right": pytest.approx(1 / 4)}
@@ -70,8 +73,23 @@ def test_cli_writes_bands_and_blurred_scores(tmp_path):
     torch.set_num_threads(1)
     checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint")
     data = make_tiny_dataset(tmp_path / "data", per_class=3)
-    clean = run(["--data", str(data), "--out", str(tmp_path / "clean"), "--checkpoint", str(checkpoint), "--bootstrap", "0"])
-    blurred = run(["--data", str(data), "--out", str(tmp_path / "blur"), "--checkpoint", str(checkpoint), "--bootstrap", "0", "--blur", "4"])
+    clean = run(
+        ["--data", str(data), "--out", str(tmp_path / "clean"), "--checkpoint", str(checkpoint), "--bootstrap", "0"]
+    )
+    blurred = run(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "blur"),
+            "--checkpoint",
+            str(checkpoint),
+            "--bootstrap",
+            "0",
+            "--blur",
+            "4",
+        ]
+    )
     written = json.loads((tmp_path / "blur" / "metrics.json").read_text())
     assert written["perturbation"] == {"gaussian_blur_sigma_px": 4.0} and clean["perturbation"] is None
     for metrics in (clean, written):

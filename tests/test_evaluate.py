@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
-
 from tiny import make_tiny_checkpoint, make_tiny_dataset
+
 from xray_xai import CLASSES
-from xray_xai.models.classifier import Classifier
+from xray_xai.checkpoint import ModelCard, save_checkpoint, sha256_file
 from xray_xai.data import list_samples
 from xray_xai.evaluation.checkpoint_metrics import compute_metrics
 from xray_xai.evaluation.classifier import main, run
+from xray_xai.imaging import load_image
 from xray_xai.metrics import (
     auroc_interval,
     bootstrap_interval,
@@ -29,10 +30,19 @@ from xray_xai.metrics import (
     share_interval,
     threshold_metrics,
 )
-from xray_xai.imaging import load_image
-from xray_xai.checkpoint import ModelCard, save_checkpoint, sha256_file
+from xray_xai.models.classifier import Classifier
 
-OPERATING_POINT_KEYS = {"threshold", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "confusion"}
+OPERATING_POINT_KEYS = {
+    "threshold",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "balanced_accuracy",
+    "confusion",
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +86,10 @@ def card_only_classifier(temperature: float = 1.0) -> Classifier:
         mean=0.5,
         std=0.25,
         temperature=temperature,
-        operating_points={name: {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9} for name in ("balanced", "screening", "rule_in")},
+        operating_points={
+            name: {"threshold": 0.5, "sensitivity": 0.9, "specificity": 0.9}
+            for name in ("balanced", "screening", "rule_in")
+        },
     )
     return Classifier(model=None, card=card)
 
@@ -84,7 +97,25 @@ def card_only_classifier(temperature: float = 1.0) -> Classifier:
 def test_cli_writes_every_metric_and_plot(tiny):
     root, checkpoint, data = tiny
     out = root / "out"
-    assert main(["--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--bootstrap", "200", "--threads", "1"]) is None
+    assert (
+        main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(checkpoint),
+                "--batch-size",
+                "3",
+                "--bootstrap",
+                "200",
+                "--threads",
+                "1",
+            ]
+        )
+        is None
+    )
     metrics = json.loads((out / "metrics.json").read_text())
 
     assert metrics["n"] == 8
@@ -108,7 +139,9 @@ def test_cli_writes_every_metric_and_plot(tiny):
     lo, hi = metrics["ece_ci95"]
     assert 0 <= lo <= hi <= 1
     for block, probs in ((metrics, p), (metrics["uncalibrated"], raw)):
-        assert block["brier"] == pytest.approx(np.mean((probs - y) ** 2), abs=1e-4)  # batched vs one by one: float noise
+        assert block["brier"] == pytest.approx(
+            np.mean((probs - y) ** 2), abs=1e-4
+        )  # batched vs one by one: float noise
         assert block["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-4)
     assert set(metrics["operating_points"]) == {"balanced", "screening", "rule_in"}
     for name, point in metrics["operating_points"].items():
@@ -124,15 +157,20 @@ def test_cli_writes_every_metric_and_plot(tiny):
         assert point["balanced_accuracy"] == pytest.approx((tp / 4 + tn / 4) / 2)
         assert point["ppv"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
         assert point["npv"] == (pytest.approx(tn / (tn + fn)) if tn + fn else None)
-    assert len({(point["confusion"][1][1], point["confusion"][0][1]) for point in metrics["operating_points"].values()}) > 1
+    assert (
+        len({(point["confusion"][1][1], point["confusion"][0][1]) for point in metrics["operating_points"].values()})
+        > 1
+    )
     # Each PNG is the figure it names, at 120 dpi (the panels themselves are tested in test_plots).
-    sizes = {"roc.png": (600, 600), "pr.png": (600, 600), "reliability.png": (1080, 540)} | {f"confusion_{n}.png": (480, 480) for n in metrics["operating_points"]}
+    sizes = {"roc.png": (600, 600), "pr.png": (600, 600), "reliability.png": (1080, 540)} | {
+        f"confusion_{n}.png": (480, 480) for n in metrics["operating_points"]
+    }
     assert metrics["plots"] == list(sizes) and {p.name for p in out.glob("*.png")} == set(sizes)
     for plot, size in sizes.items():
         with Image.open(out / plot) as image:
             assert image.size == size and len(image.getcolors(1 << 16) or range(1 << 16)) > 50, plot  # drawn, not blank
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    by_file = {f"{CLASSES[s.label]}/{s.path.name}": probability for s, probability in zip(readable, p)}
+    by_file = {f"{CLASSES[s.label]}/{s.path.name}": probability for s, probability in zip(readable, p, strict=True)}
     assert len(rows) == 8 and all(float(r["probability"]) == pytest.approx(by_file[r["file"]], abs=1e-4) for r in rows)
 
 
@@ -140,7 +178,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     """ECE over equal-width bins [k/n, (k+1)/n) (the last one closed): sum of |mean p - positive rate| * bin share."""
     edges = np.linspace(0, 1, n_bins + 1)
     total = 0.0
-    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         member = (probs >= lo) & ((probs < hi) | (k == n_bins - 1))
         if member.any():
             total += member.mean() * abs(probs[member].mean() - labels[member].mean())
@@ -152,13 +190,22 @@ def test_cli_single_class_gives_null_auroc_not_a_crash(tiny, tmp_path):
     single = tmp_path / "single"
     shutil.copytree(data / "NORMAL", single / "NORMAL")
     (single / "PNEUMONIA").mkdir()
-    metrics = run(["--data", str(single), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--threads", "1"])
+    metrics = run(
+        ["--data", str(single), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--threads", "1"]
+    )
     assert metrics["n"] == 4 and metrics["counts"]["PNEUMONIA"] == 0
     assert metrics["auroc"] is None and metrics["auroc_ci95"] is None and metrics["auprc"] is None
     assert any("one class" in note for note in metrics["notes"])
     assert metrics["operating_points"]["balanced"]["sensitivity"] is None
-    assert metrics["plots"] == ["reliability.png", "confusion_balanced.png", "confusion_screening.png", "confusion_rule_in.png"]
-    assert {p.name for p in (tmp_path / "out").glob("*.png")} == set(metrics["plots"])  # no ROC or PR curve of one class
+    assert metrics["plots"] == [
+        "reliability.png",
+        "confusion_balanced.png",
+        "confusion_screening.png",
+        "confusion_rule_in.png",
+    ]
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == set(
+        metrics["plots"]
+    )  # no ROC or PR curve of one class
 
 
 def test_cli_val_split_and_versus(tiny, tmp_path):
@@ -243,7 +290,9 @@ def test_bootstrap_resamples_films_within_each_class_and_pairs_every_array():
     # One index selects all arrays: a statistic of two copies of the same scores never differs.
     rng = np.random.default_rng(2)
     scores = labels + rng.normal(0, 1, 80)
-    assert bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], scores[i]) - roc_auc_score(labels[i], scores.copy()[i]), 100) == [0.0, 0.0]
+    assert bootstrap_interval(
+        labels, lambda i: roc_auc_score(labels[i], scores[i]) - roc_auc_score(labels[i], scores.copy()[i]), 100
+    ) == [0.0, 0.0]
 
 
 def test_share_and_ece_intervals_measure_the_sampling_spread():
@@ -265,4 +314,7 @@ def test_share_and_ece_intervals_measure_the_sampling_spread():
     assert share_interval(labels, right, 0) is None and ece_interval(labels, probs, 0) is None
     assert share_interval(labels[:0], right[:0], 100) is None
     assert share_interval(labels[:60], right[:60], 100) is None
-    assert share_interval(labels[59:], right[59:], 100) is None and share_interval(labels[58:], right[58:], 100) is not None
+    assert (
+        share_interval(labels[59:], right[59:], 100) is None
+        and share_interval(labels[58:], right[58:], 100) is not None
+    )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tiny import make_tiny_checkpoint, make_tiny_dataset
+
 from xray_xai.evaluation import faithfulness
 from xray_xai.evaluation.faithfulness import lung_figures, perturbation_curve, rank_pixels, step_counts
 from xray_xai.models.lungs import LungMask
@@ -132,9 +132,13 @@ def test_cli_writes_every_figure(tiny):
     assert random["inside_lung_fraction"] == pytest.approx(saved["lung_area_fraction"], abs=0.08)  # chance level
     assert len(saved["mean_curves"]["fraction"]) == len(saved["mean_curves"]["gradcam"]["deletion"]) == 32 + 1
     assert all(k.startswith("PNEUMONIA/") for k in saved["probabilities"])
-    assert set(saved["probability"]) == {"clean", "deleted", "blurred"} and all(0 <= v <= 1 for v in saved["probability"].values())
+    assert set(saved["probability"]) == {"clean", "deleted", "blurred"} and all(
+        0 <= v <= 1 for v in saved["probability"].values()
+    )
     with Image.open(root / "out" / "faithfulness_curves.png") as plot:
-        assert plot.size == (1200, 504) and len(plot.getcolors(1 << 16) or range(1 << 16)) > 50  # two panels at 120 dpi, drawn
+        assert (
+            plot.size == (1200, 504) and len(plot.getcolors(1 << 16) or range(1 << 16)) > 50
+        )  # two panels at 120 dpi, drawn
 
 
 def test_cli_limit_classes_and_validation_split(tiny, tmp_path):
@@ -164,12 +168,22 @@ def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, m
     root, checkpoint, data = tiny
     monkeypatch.setattr(faithfulness.LungSegmenter, "load", classmethod(lambda cls, path: BoxLungs(ok)))
     focused = run(root, checkpoint, data, tmp_path / "focus", "--lung-focus")
-    assert focused["settings"]["occlusion"]["region"] == "the app's lung box" and focused["settings"]["lung_segmenter_sha256"] == "f" * 64
+    assert (
+        focused["settings"]["occlusion"]["region"] == "the app's lung box"
+        and focused["settings"]["lung_segmenter_sha256"] == "f" * 64
+    )
     # the app's margin of 16 px at 224 px is 2 px at 32 px; a failed mask leaves the whole film
-    assert set(map(lambda r: None if r is None else tuple(r), focused["occlusion_regions"].values())) == ({(6, 18, 2, 22)} if ok else {None})
+    assert set(map(lambda r: None if r is None else tuple(r), focused["occlusion_regions"].values())) == (
+        {(6, 18, 2, 22)} if ok else {None}
+    )
     whole = run(root, checkpoint, data, tmp_path / "whole")
-    assert set(whole["occlusion_regions"].values()) == {None} and whole["settings"]["occlusion"]["region"] == "whole image"
-    occlusion = lambda result: [row["deletion_auc"] for row in result["methods"]["occlusion"]["per_image"]]
+    assert (
+        set(whole["occlusion_regions"].values()) == {None} and whole["settings"]["occlusion"]["region"] == "whole image"
+    )
+
+    def occlusion(result: dict) -> list[float]:
+        return [row["deletion_auc"] for row in result["methods"]["occlusion"]["per_image"]]
+
     assert (occlusion(focused) != occlusion(whole)) == ok  # the restricted map ranks pixels differently
 
 
@@ -177,8 +191,12 @@ def test_cli_scores_the_chosen_maps_only(tiny, tmp_path, capsys):
     root, checkpoint, data = tiny
     default = run(root, checkpoint, data, tmp_path / "default")
     chosen = run(root, checkpoint, data, tmp_path / "chosen", "--maps", "hirescam", "gradcam", "layercam", "gradcam")
-    assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random"] and chosen["settings"]["maps"] == list(chosen["methods"])
-    assert chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]  # same map, same figures
+    assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random"] and chosen["settings"][
+        "maps"
+    ] == list(chosen["methods"])
+    assert (
+        chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]
+    )  # same map, same figures
     assert chosen["methods"]["random"]["per_image"] == default["methods"]["random"]["per_image"]
     assert chosen["settings"]["occlusion"] is None
     capsys.readouterr()

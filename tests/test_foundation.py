@@ -1,4 +1,7 @@
-"""The foundation: patient-level split, preprocessing, checkpoints, calibration and training augmentation (the training command end to end: test_train_classifier_cli)."""
+"""The foundation: patient-level split, preprocessing, checkpoints, calibration and training augmentation.
+
+The training command end to end is in test_train_classifier_cli.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +76,9 @@ def smooth_image(height: int, width: int) -> np.ndarray:
     v = (np.arange(height) + 0.5) / height
     u = (np.arange(width) + 0.5) / width
     uu, vv = np.meshgrid(u, v)
-    return (0.5 + 0.3 * np.sin(3 * uu) * np.cos(2 * vv) + 0.15 * np.exp(-((uu - 0.3) ** 2 + (vv - 0.6) ** 2) / 0.05)).astype(np.float32)
+    return (
+        0.5 + 0.3 * np.sin(3 * uu) * np.cos(2 * vv) + 0.15 * np.exp(-((uu - 0.3) ** 2 + (vv - 0.6) ** 2) / 0.05)
+    ).astype(np.float32)
 
 
 def test_preprocess_shape_dtype_and_range():
@@ -194,7 +199,8 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, batch)
     assert torch.equal(out, augment(batch, aug, torch.Generator().manual_seed(1)))
-    assert torch.allclose(augment(batch, Augmentation(), torch.Generator().manual_seed(1)), batch, atol=1e-6)  # the default changes nothing
+    unchanged = augment(batch, Augmentation(), torch.Generator().manual_seed(1))
+    assert torch.allclose(unchanged, batch, atol=1e-6)  # the default Augmentation changes nothing
 
 
 def test_train_config_describes_its_augmentation_with_its_flat_fields():

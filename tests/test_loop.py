@@ -49,8 +49,18 @@ class Run:
     def __call__(self) -> dict:
         last = self.work / "last.json"
         self.next_epoch = 1 + (json.loads(last.read_text())["epoch"] if last.is_file() else 0)
-        return run_epochs(self.model, self.ema, self.optimizer, work=self.work, schedule=SCHEDULE, config=self.config,
-                          n_train=len(X), batch_loss=self.batch_loss, validate=self.validate, best_key="best_score")
+        return run_epochs(
+            self.model,
+            self.ema,
+            self.optimizer,
+            work=self.work,
+            schedule=SCHEDULE,
+            config=self.config,
+            n_train=len(X),
+            batch_loss=self.batch_loss,
+            validate=self.validate,
+            best_key="best_score",
+        )
 
 
 def test_resume_continues_after_the_last_finished_epoch_and_keeps_the_best(tmp_path, capsys):
@@ -110,7 +120,9 @@ def scheduled_lrs(schedule: Schedule, steps_per_epoch: int, steps) -> np.ndarray
     return np.array(rates)
 
 
-@pytest.mark.parametrize("steps_per_epoch, epochs, warmup_epochs", [(139, 8, 1.0), (10, 10, 1.0), (7, 6, 0.5), (5, 3, 0.0), (1, 2, 1.0)])
+@pytest.mark.parametrize(
+    "steps_per_epoch, epochs, warmup_epochs", [(139, 8, 1.0), (10, 10, 1.0), (7, 6, 0.5), (5, 3, 0.0), (1, 2, 1.0)]
+)
 def test_lr_schedule_warms_up_then_decays_to_zero_as_the_former_schedule(steps_per_epoch, epochs, warmup_epochs):
     base = 2e-3
     schedule = Schedule(epochs=epochs, batch_size=32, lr=base, warmup_epochs=warmup_epochs, seed=0)
@@ -130,4 +142,6 @@ def test_lr_schedule_warms_up_then_decays_to_zero_as_the_former_schedule(steps_p
 def test_lr_of_a_step_does_not_depend_on_the_steps_before():
     schedule = Schedule(epochs=4, batch_size=8, lr=0.1, warmup_epochs=1.0, seed=0)
     in_order = scheduled_lrs(schedule, 10, range(40))
-    assert scheduled_lrs(schedule, 10, [25, 3, 39, 10]).tolist() == in_order[[25, 3, 39, 10]].tolist()  # as after a resume
+    assert (
+        scheduled_lrs(schedule, 10, [25, 3, 39, 10]).tolist() == in_order[[25, 3, 39, 10]].tolist()
+    )  # as after a resume

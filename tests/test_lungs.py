@@ -11,10 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-from xray_xai.evaluation import lungs as evaluate_lungs
-from xray_xai.training import lungs as train_lungs
-from xray_xai.models.lungs import LungCard, LungMask, LungSegmenter, build_model, check_plausibility, dice, finish_mask, iou
 from xray_xai.checkpoint import CheckpointError, save_checkpoint, sha256_file
+from xray_xai.evaluation import lungs as evaluate_lungs
+from xray_xai.models.lungs import (
+    LungCard,
+    LungMask,
+    LungSegmenter,
+    build_model,
+    check_plausibility,
+    dice,
+    finish_mask,
+    iou,
+)
+from xray_xai.training import lungs as train_lungs
 
 TINY = LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)
 
@@ -32,7 +41,9 @@ def synthetic_pair(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np
     return np.clip(image, 0, 1), mask
 
 
-def write_dataset(images: Path, masks: Path, names: dict[str, list[str]], shape: tuple[int, int], seed: int = 0) -> None:
+def write_dataset(
+    images: Path, masks: Path, names: dict[str, list[str]], shape: tuple[int, int], seed: int = 0
+) -> None:
     """``images/CLASS/NAME.jpeg`` and ``masks/CLASS/NAME.png``; the first image of each class has no mask."""
     rng = np.random.default_rng(seed)
     for label, files in names.items():
@@ -40,7 +51,9 @@ def write_dataset(images: Path, masks: Path, names: dict[str, list[str]], shape:
         (masks / label).mkdir(parents=True)
         for i, name in enumerate(files):
             image, mask = synthetic_pair(shape, rng)
-            Image.fromarray((image * 255).astype(np.uint8)).convert("RGB").save(images / label / f"{name}.jpeg", quality=90)
+            Image.fromarray((image * 255).astype(np.uint8)).convert("RGB").save(
+                images / label / f"{name}.jpeg", quality=90
+            )
             if i > 0:
                 Image.fromarray(mask.astype(np.uint8) * 255).save(masks / label / f"{name}.png")
 
@@ -49,8 +62,14 @@ def write_dataset(images: Path, masks: Path, names: dict[str, list[str]], shape:
 def dataset(tmp_path_factory) -> Path:
     """chest_xray/{train,val} and lung_masks/{train,val} in the shared data layout (val at full resolution)."""
     root = tmp_path_factory.mktemp("data")
-    train = {"NORMAL": [f"IM-{i:04d}-0001" for i in range(14)], "PNEUMONIA": [f"person{i}_bacteria_{i}" for i in range(14)]}
-    val = {"NORMAL": ["NORMAL2-IM-0001-0001", "NORMAL2-IM-0002-0001"], "PNEUMONIA": ["person900_bacteria_1", "person901_bacteria_1"]}
+    train = {
+        "NORMAL": [f"IM-{i:04d}-0001" for i in range(14)],
+        "PNEUMONIA": [f"person{i}_bacteria_{i}" for i in range(14)],
+    }
+    val = {
+        "NORMAL": ["NORMAL2-IM-0001-0001", "NORMAL2-IM-0002-0001"],
+        "PNEUMONIA": ["person900_bacteria_1", "person901_bacteria_1"],
+    }
     write_dataset(root / "chest_xray" / "train", root / "lung_masks" / "train", train, (224, 224))
     write_dataset(root / "chest_xray" / "val", root / "lung_masks" / "val", val, (300, 250), seed=1)
     return root
@@ -134,9 +153,29 @@ def test_tampered_or_missing_checkpoint_is_refused(tmp_path):
 
 def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
     out, work = tmp_path / "checkpoints", tmp_path / "work"
-    args = ["--data", str(dataset / "chest_xray"), "--masks", str(dataset / "lung_masks"), "--out", str(out),
-            "--work", str(work), "--epochs", "2", "--input-size", "32", "--batch-size", "8",
-            "--decoder-channels", "16", "8", "8", "8", "--threads", "1"]
+    args = [
+        "--data",
+        str(dataset / "chest_xray"),
+        "--masks",
+        str(dataset / "lung_masks"),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--epochs",
+        "2",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--decoder-channels",
+        "16",
+        "8",
+        "8",
+        "8",
+        "--threads",
+        "1",
+    ]
     card = train_lungs.run(args)
     card_path = out / "lungs.json"
     saved = json.loads(card_path.read_text())
@@ -150,7 +189,10 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
     assert saved["data"]["train_pairs"] + saved["data"]["val_pairs"] == 26
     scored = saved["validation"]
     assert scored["n"] == saved["data"]["val_pairs"] > 0
-    assert 0 <= scored["dice_min"] <= scored["dice_p05"] <= scored["dice_mean"] <= 1 and 0 <= scored["iou_mean"] <= scored["dice_mean"]
+    assert (
+        0 <= scored["dice_min"] <= scored["dice_p05"] <= scored["dice_mean"] <= 1
+        and 0 <= scored["iou_mean"] <= scored["dice_mean"]
+    )
     assert 0 <= scored["plausible_fraction"] <= 1 and "saved float16 checkpoint" in scored["scored"]
     assert card.validation == saved["validation"]
 
@@ -161,19 +203,48 @@ def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
 
     # Full-resolution images: predictions are scored at each mask's resolution.
     report = tmp_path / "eval"
-    metrics = evaluate_lungs.run(["--data", str(dataset / "chest_xray" / "val"), "--masks", str(dataset / "lung_masks" / "val"),
-                                   "--out", str(report), "--checkpoint", str(card_path), "--threads", "1"])
+    metrics = evaluate_lungs.run(
+        [
+            "--data",
+            str(dataset / "chest_xray" / "val"),
+            "--masks",
+            str(dataset / "lung_masks" / "val"),
+            "--out",
+            str(report),
+            "--checkpoint",
+            str(card_path),
+            "--threads",
+            "1",
+        ]
+    )
     saved_metrics = json.loads((report / "lung_metrics.json").read_text())
     assert saved_metrics["n"] == 2  # the two val images with masks
     assert all(r["size"] == [300, 250] for r in saved_metrics["per_image"])
     assert 0 <= saved_metrics["dice_p05"] <= saved_metrics["dice_mean"] <= 1
     assert metrics["checkpoint_sha256"] == saved["sha256"]
     with Image.open(report / "lung_contact_sheet.png") as sheet:
-        assert sheet.size == (8 * 192, 22 + 192 + 16)  # one row of 8 cells of 192 px for the 2 films, caption 16 px, header 22 px
+        assert sheet.size == (
+            8 * 192,
+            22 + 192 + 16,
+        )  # one row of 8 cells of 192 px for the 2 films, caption 16 px, header 22 px
 
     # The patient-level validation split of train reproduces the card's validation scores.
-    split = evaluate_lungs.run(["--data", str(dataset / "chest_xray" / "train"), "--masks", str(dataset / "lung_masks" / "train"),
-                                 "--out", str(tmp_path / "eval_split"), "--checkpoint", str(card_path), "--split", "val", "--threads", "1"])
+    split = evaluate_lungs.run(
+        [
+            "--data",
+            str(dataset / "chest_xray" / "train"),
+            "--masks",
+            str(dataset / "lung_masks" / "train"),
+            "--out",
+            str(tmp_path / "eval_split"),
+            "--checkpoint",
+            str(card_path),
+            "--split",
+            "val",
+            "--threads",
+            "1",
+        ]
+    )
     assert split["n"] == saved["validation"]["n"]
     assert split["dice_mean"] == pytest.approx(saved["validation"]["dice_mean"])
 
@@ -186,7 +257,9 @@ def test_augmentation_moves_image_and_mask_together():
     images, warped = train_lungs.augment_pair(masks.clone(), masks, cfg, torch.Generator().manual_seed(0))
     assert not torch.allclose(warped, masks)  # the geometry changed...
     assert torch.allclose(images, warped, atol=1e-5)  # ...identically for image and mask
-    cfg = train_lungs.LungTrainConfig(max_rotation_deg=0, max_translation=0, scale_range=(1.0, 1.0), brightness=0.2, contrast=0.3)
+    cfg = train_lungs.LungTrainConfig(
+        max_rotation_deg=0, max_translation=0, scale_range=(1.0, 1.0), brightness=0.2, contrast=0.3
+    )
     images, warped = train_lungs.augment_pair(masks.clone(), masks, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(warped, masks, atol=1e-5)  # intensity changes never touch the mask
     assert not torch.allclose(images, masks, atol=1e-3)

@@ -48,7 +48,9 @@ def test_confusion_at_counts_threshold_as_positive():
 def test_undefined_ratios_are_none_never_nan():
     """The one 0/0 convention: None (JSON null, "n/a" in the app) wherever a denominator is zero."""
     assert ratio(0, 0) is None and ratio(3, 4) == 0.75
-    assert finite_or_none(float("nan")) is None and finite_or_none(float("inf")) is None and finite_or_none(None) is None
+    assert (
+        finite_or_none(float("nan")) is None and finite_or_none(float("inf")) is None and finite_or_none(None) is None
+    )
     only_pneumonia = confusion_at([1, 1], [0.2, 0.9], 0.5)
     assert only_pneumonia.specificity is None and only_pneumonia.npv == 0.0 and only_pneumonia.sensitivity == 0.5
     assert only_pneumonia.balanced_accuracy is None
@@ -56,7 +58,10 @@ def test_undefined_ratios_are_none_never_nan():
     assert nothing_called.ppv is None and nothing_called.f1 == 0.0  # no PNEUMONIA call: PPV is 0/0, F1 is 0 / 1
     empty = threshold_metrics([], [], 0.5, n_bootstrap=100)
     assert empty["confusion"] == [[0, 0], [0, 0]]
-    assert all(empty[key] is None for key in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy_ci95"))
+    assert all(
+        empty[key] is None
+        for key in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy_ci95")
+    )
     assert "NaN" not in json.dumps(threshold_metrics([1, 1, 1], [0.2, 0.6, 0.9], 0.5))  # strict JSON
 
 
@@ -83,7 +88,9 @@ def test_threshold_metrics_equal_scikit_learn_with_nan_as_none(seed):
             }
         metrics = threshold_metrics(labels, probs, threshold)
         assert metrics["confusion"] == confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
-        assert {key: metrics[key] for key in expected} == {key: finite_or_none(value) for key, value in expected.items()}, threshold
+        assert {key: metrics[key] for key in expected} == {
+            key: finite_or_none(value) for key, value in expected.items()
+        }, threshold
 
 
 def test_predictive_values_textbook_example():

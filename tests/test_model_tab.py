@@ -14,9 +14,11 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
+from xray_xai.artifacts import model_report
 from xray_xai.calibration import ece
 from xray_xai.models.classifier import Classifier
-from xray_xai.artifacts import model_report
+from xray_xai.report import percent
+from xray_xai.results import confidence_band
 from xray_xai.ui.model_tab import (
     ModelReport,
     bands_table,
@@ -25,12 +27,10 @@ from xray_xai.ui.model_tab import (
     explore,
     gallery_items,
     pr_figure,
-    report_problem,
     reliability_figure,
+    report_problem,
     roc_figure,
 )
-from xray_xai.report import percent
-from xray_xai.results import confidence_band
 
 SHA = "ab" * 32
 POINTS = {
@@ -44,15 +44,26 @@ def _split(rng: np.random.Generator, n: int, separation: float) -> dict:
     labels = (np.arange(n) % 3 != 0).astype(int)
     probs = np.clip(0.5 + separation * (labels - 0.5) + 0.25 * rng.standard_normal(n), 0.001, 0.999).round(6)
     bands = [confidence_band(p if p >= 0.5 else 1 - p) for p in probs]
-    return {"file": [f"f{i}.jpeg" for i in range(n)], "label": labels.tolist(), "probability": probs.tolist(), "band": bands}
+    return {
+        "file": [f"f{i}.jpeg" for i in range(n)],
+        "label": labels.tolist(),
+        "probability": probs.tolist(),
+        "band": bands,
+    }
 
 
 @pytest.fixture
 def report_path(tmp_path) -> Path:
     """A hand-made report: 90 validation and 60 shift_dev films, two gallery errors."""
     rng = np.random.default_rng(0)
-    errors = [{"file": "NORMAL/a.jpeg", "label": 0, "probability": 0.91, "band": "High"}, {"file": "PNEUMONIA/b.jpeg", "label": 1, "probability": 0.2, "band": "Moderate"}]
-    tiles = [(Image.new("RGB", (128, 128), (40 * i, 40 * i, 40 * i)), Image.new("RGB", (128, 100), (200, 40 * i, 0))) for i in range(len(errors))]
+    errors = [
+        {"file": "NORMAL/a.jpeg", "label": 0, "probability": 0.91, "band": "High"},
+        {"file": "PNEUMONIA/b.jpeg", "label": 1, "probability": 0.2, "band": "Moderate"},
+    ]
+    tiles = [
+        (Image.new("RGB", (128, 128), (40 * i, 40 * i, 40 * i)), Image.new("RGB", (128, 100), (200, 40 * i, 0)))
+        for i in range(len(errors))
+    ]
     model_report.sprite(tiles).save(tmp_path / "errors.jpg", quality=85)
     raw = {
         "classifier_sha256": SHA,
@@ -82,7 +93,10 @@ def test_roc_and_pr_figures_show_both_splits_with_their_areas(report_path):
     assert legend == [
         entry
         for name, split in report.splits.items()
-        for entry in (f"{name}: AUPRC {average_precision_score(split.labels, split.probs):.3f}", f"{name} prevalence {percent(split.labels.mean())}")
+        for entry in (
+            f"{name}: AUPRC {average_precision_score(split.labels, split.probs):.3f}",
+            f"{name} prevalence {percent(split.labels.mean())}",
+        )
     ]
     assert _renders(roc) and _renders(pr)
 
@@ -90,8 +104,13 @@ def test_roc_and_pr_figures_show_both_splits_with_their_areas(report_path):
 def test_reliability_and_confusion_figures(report_path):
     report = ModelReport.load(report_path)
     reliability = reliability_figure(report)
-    assert [ax.get_title() for ax in reliability.axes] == [f"{name}: ECE {ece(s.probs, s.labels):.3f}" for name, s in report.splits.items()]
-    assert [ax.get_ylabel() for ax in reliability.axes] == ["observed pneumonia rate", ""]  # shared y axis: labelled once
+    assert [ax.get_title() for ax in reliability.axes] == [
+        f"{name}: ECE {ece(s.probs, s.labels):.3f}" for name, s in report.splits.items()
+    ]
+    assert [ax.get_ylabel() for ax in reliability.axes] == [
+        "observed pneumonia rate",
+        "",
+    ]  # shared y axis: labelled once
     confusion = confusion_figure(report)
     assert len(confusion.axes) == 6
     val = report.splits["validation"]
@@ -107,8 +126,13 @@ def test_bands_table_counts_every_film(report_path):
     assert table["validation n"].sum() == 90 and table["shift_dev n"].sum() == 60
     for name, split in ModelReport.load(report_path).splits.items():
         right = (split.probs >= 0.5) == split.labels  # the balanced threshold of POINTS
-        expected = [percent(right[split.bands == band].mean()) if (split.bands == band).any() else "n/a" for band in ("High", "Moderate", "Low")]
-        assert list(table[f"{name} accuracy"]) == expected and list(table[f"{name} n"]) == [(split.bands == b).sum() for b in ("High", "Moderate", "Low")]
+        expected = [
+            percent(right[split.bands == band].mean()) if (split.bands == band).any() else "n/a"
+            for band in ("High", "Moderate", "Low")
+        ]
+        assert list(table[f"{name} accuracy"]) == expected and list(table[f"{name} n"]) == [
+            (split.bands == b).sum() for b in ("High", "Moderate", "Low")
+        ]
 
 
 def test_explorer_recomputes_ppv_and_npv_for_the_prevalence(report_path):
@@ -118,7 +142,9 @@ def test_explorer_recomputes_ppv_and_npv_for_the_prevalence(report_path):
     val = report.splits["validation"]
     called = val.probs >= 0.5
     observed_ppv = (val.labels[called] == 1).mean()
-    assert table.loc[0, f"PPV at {own:g}%"] == percent(observed_ppv)  # Bayes at the split's own prevalence = observed; one format
+    assert table.loc[0, f"PPV at {own:g}%"] == percent(
+        observed_ppv
+    )  # Bayes at the split's own prevalence = observed; one format
     rare, _ = explore(report, 0.5, 1.0)
     common, _ = explore(report, 0.5, 90.0)
     assert float(rare.loc[0, "PPV at 1%"].rstrip("%")) < float(common.loc[0, "PPV at 90%"].rstrip("%"))
@@ -151,7 +177,9 @@ def test_tab_builds_every_view_for_matching_weights(report_path):
     assert kinds.count("Plot") == 4 and kinds.count("Dataframe") == 2 and kinds.count("Gallery") == 1
     report = ModelReport.load(report_path)
     values = {b.elem_id: b.value for b in blocks if isinstance(b, (gr.Plot, gr.Dataframe, gr.Gallery))}
-    assert all(values[f"model-{name}"]["plot"].startswith("data:image/") for name in ("roc", "pr", "reliability", "confusion"))
+    assert all(
+        values[f"model-{name}"]["plot"].startswith("data:image/") for name in ("roc", "pr", "reliability", "confusion")
+    )
     assert values["model-bands"]["data"] == bands_table(report).values.tolist()
     assert [row[0] for row in values["model-explorer"]["data"]] == ["validation", "shift_dev"]
     assert [item["caption"] for item in values["model-errors"]] == [caption for _, caption in gallery_items(report)]
@@ -168,21 +196,35 @@ def test_stale_or_missing_report_is_refused(report_path, tmp_path):
 
 def test_cli_on_tiny_data(tmp_path):
     """The CLI: validation patients only, the band the classifier gives, errors imaged, shift never imaged."""
-    card = make_tiny_checkpoint(tmp_path / "ckpt", operating_points={**POINTS, "balanced": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0}})
-    (card.parent / "classifier_val_patients.json").write_text(json.dumps({"patients": ["IM-1000", "IM-1001", "person100"]}))
+    card = make_tiny_checkpoint(
+        tmp_path / "ckpt",
+        operating_points={**POINTS, "balanced": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0}},
+    )
+    (card.parent / "classifier_val_patients.json").write_text(
+        json.dumps({"patients": ["IM-1000", "IM-1001", "person100"]})
+    )
     train = make_tiny_dataset(tmp_path / "train", per_class=3)
     shift = make_tiny_dataset(tmp_path / "shift", per_class=2, seed=1)
     out = tmp_path / "out"
-    report = model_report.run(["--train", str(train), "--shift", str(shift), "--checkpoint", str(card), "--out", str(out), "--threads", "1"])
+    report = model_report.run(
+        ["--train", str(train), "--shift", str(shift), "--checkpoint", str(card), "--out", str(out), "--threads", "1"]
+    )
     classifier = Classifier.load(card)
     assert report["classifier_sha256"] == classifier.card.sha256
     val = report["splits"]["validation"]
-    assert sorted(val["file"]) == ["NORMAL/IM-1000-0001.png", "NORMAL/IM-1001-0001.png", "PNEUMONIA/person100_bacteria_0.png"]
+    assert sorted(val["file"]) == [
+        "NORMAL/IM-1000-0001.png",
+        "NORMAL/IM-1001-0001.png",
+        "PNEUMONIA/person100_bacteria_0.png",
+    ]
     assert len(report["splits"]["shift_dev"]["label"]) == 4
-    for p, band in zip(val["probability"], val["band"]):
+    for p, band in zip(val["probability"], val["band"], strict=True):
         assert band == classifier.decide(p, "balanced").band
     # Threshold 0: every film is called PNEUMONIA, so the two NORMAL validation films are the errors.
-    assert sorted(f["file"] for f in report["errors"]["films"]) == ["NORMAL/IM-1000-0001.png", "NORMAL/IM-1001-0001.png"]
+    assert sorted(f["file"] for f in report["errors"]["films"]) == [
+        "NORMAL/IM-1000-0001.png",
+        "NORMAL/IM-1001-0001.png",
+    ]
     with Image.open(out / model_report.SPRITE_NAME) as sheet:
         assert sheet.size == (256, 256)
     assert {p.name for p in out.iterdir()} == {model_report.SPRITE_NAME, model_report.REPORT_NAME}

@@ -21,7 +21,14 @@ def scored(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def test_roc_panel_draws_each_curve_its_area_and_its_marked_thresholds():
     (y1, p1), (y2, p2) = scored(0, 120), scored(1, 60)
     ax = Figure().subplots()
-    roc_panel(ax, [Scores(y1, p1, "validation", "C0", (Mark(0.5),)), Scores(y2, p2, "shift_dev", "C3", (Mark(0.5, "balanced", "s", colour="k"),))], "ROC")
+    roc_panel(
+        ax,
+        [
+            Scores(y1, p1, "validation", "C0", (Mark(0.5),)),
+            Scores(y2, p2, "shift_dev", "C3", (Mark(0.5, "balanced", "s", colour="k"),)),
+        ],
+        "ROC",
+    )
     curves = [line for line in ax.get_lines() if "AUROC" in line.get_label()]
     assert [line.get_label() for line in curves] == [
         f"validation: AUROC {roc_auc_score(y1, p1):.3f} (n=120)",
@@ -32,19 +39,29 @@ def test_roc_panel_draws_each_curve_its_area_and_its_marked_thresholds():
     assert to_rgba(curves[1].get_color()) == to_rgba("C3")
     dots = [line for line in ax.get_lines() if line.get_marker() in ("o", "s")]
     called = p1 >= 0.5
-    assert (dots[0].get_xdata()[0], dots[0].get_ydata()[0]) == pytest.approx((called[y1 == 0].mean(), called[y1 == 1].mean()))
-    assert to_rgba(dots[0].get_color()) == to_rgba("C0") and to_rgba(dots[1].get_color()) == to_rgba("k")  # the curve's colour unless given
+    assert (dots[0].get_xdata()[0], dots[0].get_ydata()[0]) == pytest.approx(
+        (called[y1 == 0].mean(), called[y1 == 1].mean())
+    )
+    assert to_rgba(dots[0].get_color()) == to_rgba("C0") and to_rgba(dots[1].get_color()) == to_rgba(
+        "k"
+    )  # the curve's colour unless given
     chance = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert len(chance) == 1 and list(chance[0].get_xdata()) == [0, 1] and list(chance[0].get_ydata()) == [0, 1]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == [line.get_label() for line in curves] + ["balanced"]  # chance line and unnamed marks stay out
-    assert ax.get_title() == "ROC" and ax.get_xlabel() == "1 - specificity (false positive rate)" and ax.get_ylabel() == "sensitivity"
+    assert (
+        ax.get_title() == "ROC"
+        and ax.get_xlabel() == "1 - specificity (false positive rate)"
+        and ax.get_ylabel() == "sensitivity"
+    )
 
 
 def test_pr_panel_draws_the_curve_its_average_precision_prevalence_and_defined_ppvs():
     labels, probs = scored(2, 100)
     ax = Figure().subplots()
-    pr_panel(ax, [Scores(labels, probs, marks=(Mark(0.5, "balanced"), Mark(1.5, "nothing called")))], "Precision-recall")
+    pr_panel(
+        ax, [Scores(labels, probs, marks=(Mark(0.5, "balanced"), Mark(1.5, "nothing called")))], "Precision-recall"
+    )
     curve = ax.get_lines()[0]
     precision, recall, _ = precision_recall_curve(labels, probs)
     assert curve.get_label() == f"AUPRC {average_precision_score(labels, probs):.3f}"
@@ -55,7 +72,9 @@ def test_pr_panel_draws_the_curve_its_average_precision_prevalence_and_defined_p
     called = probs >= 0.5
     dots = [line for line in ax.get_lines() if line.get_marker() == "o"]
     assert len(dots) == 1  # the threshold that calls nothing has no PPV to mark
-    assert (dots[0].get_xdata()[0], dots[0].get_ydata()[0]) == pytest.approx((called[labels == 1].mean(), labels[called].mean()))
+    assert (dots[0].get_xdata()[0], dots[0].get_ydata()[0]) == pytest.approx(
+        (called[labels == 1].mean(), labels[called].mean())
+    )
 
 
 def test_reliability_panel_draws_the_filled_bins_of_its_ece():

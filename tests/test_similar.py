@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset, synthetic_radiograph
-from xray_xai.models.classifier import Classifier
+from xray_xai.artifacts.similar_index import main as build_main
 from xray_xai.evaluation.similar import chance_agreement, evaluate, label_agreement
+from xray_xai.models.classifier import Classifier
+from xray_xai.models.similar import FeatureSpace, K, SimilarIndex, load_matching, nearest
 from xray_xai.pipeline import Pipeline
 from xray_xai.report import build_report
 from xray_xai.results import Analysis, OperatingPoint, Prediction, SimilarCase
-from xray_xai.models.similar import K, FeatureSpace, SimilarIndex, load_matching, nearest
-from xray_xai.artifacts.similar_index import main as build_main
 
 POINT = OperatingPoint("balanced", 0.5, 0.9, 0.9)
 
@@ -60,7 +60,25 @@ def built(tmp_path_factory) -> tuple[Path, Path, Path]:
     checkpoint = make_tiny_checkpoint(root / "ckpt", arch="resnet18", size=64)
     data = make_tiny_dataset(root / "train", per_class=4)
     out = root / "index"
-    assert build_main(["--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint), "--dims", "7", "--thumbnail-size", "32", "--cache", str(root / "cache")]) == 0
+    assert (
+        build_main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(checkpoint),
+                "--dims",
+                "7",
+                "--thumbnail-size",
+                "32",
+                "--cache",
+                str(root / "cache"),
+            ]
+        )
+        == 0
+    )
     return checkpoint, data, out / "similar.json"
 
 
@@ -137,7 +155,9 @@ def test_missing_index_is_silent_and_tampered_index_is_refused(built, tmp_path, 
 def test_thumbnail_size_is_capped(built, tmp_path, capsys):
     checkpoint, data, _ = built
     with pytest.raises(SystemExit) as refused:
-        build_main(["--data", str(data), "--out", str(tmp_path), "--checkpoint", str(checkpoint), "--thumbnail-size", "129"])
+        build_main(
+            ["--data", str(data), "--out", str(tmp_path), "--checkpoint", str(checkpoint), "--thumbnail-size", "129"]
+        )
     assert refused.value.code == 2 and "--thumbnail-size must be between 1 and 128" in capsys.readouterr().err
 
 
@@ -189,7 +209,8 @@ def test_evaluate_separates_clusters_and_not_noise():
 
 
 def test_committed_index_matches_the_committed_classifier():
-    """The shipped index must be rebuilt whenever the shipped classifier changes (python -m xray_xai.artifacts.similar_index)."""
+    """The shipped index must be rebuilt whenever the shipped classifier changes
+    (python -m xray_xai.artifacts.similar_index)."""
     root = Path(__file__).resolve().parent.parent / "checkpoints"
     if not (root / "similar.json").is_file():
         pytest.skip("no similar-case index committed")
@@ -215,5 +236,8 @@ def test_gallery_shows_each_neighbour_with_label_and_similarity():
     analysis = Analysis(Prediction("NORMAL", 0.1, 0.9, "High", POINT), similar=_cases("NP"))
     thumbs = (np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8))
     items = gallery_value(Result(analysis, np.zeros((80, 80), np.float32), thumbnails=thumbs))
-    assert [caption for _, caption in items] == ["NORMAL · similarity 0.90 · f0.jpeg", "PNEUMONIA · similarity 0.89 · f1.jpeg"]
+    assert [caption for _, caption in items] == [
+        "NORMAL · similarity 0.90 · f0.jpeg",
+        "PNEUMONIA · similarity 0.89 · f1.jpeg",
+    ]
     assert np.asarray(Image.open(items[1][0])).mean() == pytest.approx(200, abs=1)

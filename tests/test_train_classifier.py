@@ -30,7 +30,9 @@ def test_calibration_metrics_score_before_and_after_the_temperature():
     assert metrics["nll_after"] < metrics["nll_before"]  # the true temperature helps
 
 
-@pytest.mark.parametrize("saved, same", [({}, True), ({"epochs": 99}, True), ({"lr": 1.0}, False), ({"blur": 2.5}, False)])
+@pytest.mark.parametrize(
+    "saved, same", [({}, True), ({"epochs": 99}, True), ({"lr": 1.0}, False), ({"blur": 2.5}, False)]
+)
 def test_same_run_fills_new_options_with_defaults_and_allows_more_epochs(saved, same):
     current = json.loads(json.dumps(asdict(TrainConfig())))
     assert same_run(saved, current) is same

@@ -22,14 +22,18 @@ def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
 
 
-def data_parser(default: str | None = None, help: str = "folder with NORMAL/ and PNEUMONIA/ subfolders") -> argparse.ArgumentParser:
+def data_parser(
+    default: str | None = None, help: str = "folder with NORMAL/ and PNEUMONIA/ subfolders"
+) -> argparse.ArgumentParser:
     """``--data``: a labelled folder; required when ``default`` is None."""
     parser = _parent()
     parser.add_argument("--data", required=default is None, default=default, help=help)
     return parser
 
 
-def checkpoint_parser(default: str | Path = DEFAULT_CHECKPOINT, help: str = "classifier model card (JSON)") -> argparse.ArgumentParser:
+def checkpoint_parser(
+    default: str | Path = DEFAULT_CHECKPOINT, help: str = "classifier model card (JSON)"
+) -> argparse.ArgumentParser:
     """``--checkpoint``: a model card, the shipped classifier's by default."""
     parser = _parent()
     parser.add_argument("--checkpoint", default=str(default), help=help)

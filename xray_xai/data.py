@@ -67,7 +67,9 @@ def list_samples(root: str | Path) -> list[Sample]:
     return samples
 
 
-def split_by_patient(samples: list[Sample], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[Sample], list[Sample]]:
+def split_by_patient(
+    samples: list[Sample], val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[list[Sample], list[Sample]]:
     """Deterministic class-stratified split that keeps every patient on one side.
 
     Patients are grouped by the class of their images (a patient whose images carry both labels

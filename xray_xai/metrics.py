@@ -215,14 +215,18 @@ def bootstrap_interval(
     return [float(low), float(high)]
 
 
-def share_interval(labels: Sequence[int], hits: Sequence[bool], n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+def share_interval(
+    labels: Sequence[int], hits: Sequence[bool], n_resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
     """Bootstrap interval (95%) of the share of films where ``hits`` holds (an accuracy, an
     error rate); the same resamples as the AUROC's for the same seed."""
     hits = np.asarray(hits, dtype=bool)
     return bootstrap_interval(labels, lambda i: float(hits[i].mean()), n_resamples, seed)
 
 
-def ece_interval(labels: Sequence[int], probs: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+def ece_interval(
+    labels: Sequence[int], probs: Sequence[float], n_resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
     """Bootstrap interval (95%) of the ECE. Binned ECE is biased upward on small samples, and
     more so on resamples (duplicated films), so read it as the sampling spread, not an unbiased
     range."""
@@ -230,7 +234,9 @@ def ece_interval(labels: Sequence[int], probs: Sequence[float], n_resamples: int
     return bootstrap_interval(labels, lambda i: ece(probs[i], labels[i]), n_resamples, seed)
 
 
-def auroc_interval(labels: Sequence[int], probs: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> list[float] | None:
+def auroc_interval(
+    labels: Sequence[int], probs: Sequence[float], n_resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
     """Bootstrap interval (95%) of the AUROC; ``None`` if the data hold a single class."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     return bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], probs[i]), n_resamples, seed)
@@ -244,5 +250,7 @@ def paired_auroc_difference(
     labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
     if not both_classes(labels):
         return None
-    interval = bootstrap_interval(labels, lambda i: roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i]), n_resamples, seed)
+    interval = bootstrap_interval(
+        labels, lambda i: roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i]), n_resamples, seed
+    )
     return {"difference": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci95": interval}

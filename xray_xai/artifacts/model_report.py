@@ -29,9 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import CLASSES
-from ..models.classifier import Classifier
 from ..cli import checkpoint_parser, threads_parser, validation_split
 from ..data import Sample, list_samples
+from ..models.classifier import Classifier
 from ..pipeline import Options, Pipeline
 from ..ui.overlay import draw_result
 
@@ -58,7 +58,14 @@ def score_films(pipeline: Pipeline, samples: list[Sample], desc: str) -> list[Fi
     films = []
     for sample in tqdm(samples, desc=desc, unit="img", file=sys.stderr):
         prediction = pipeline.predict(str(sample.path), OPERATING_POINT).prediction
-        films.append(Film(f"{CLASSES[sample.label]}/{sample.path.name}", sample.label, round(prediction.probability, 6), prediction.band))
+        films.append(
+            Film(
+                f"{CLASSES[sample.label]}/{sample.path.name}",
+                sample.label,
+                round(prediction.probability, 6),
+                prediction.band,
+            )
+        )
     return films
 
 
@@ -96,7 +103,9 @@ def sprite(rows: list[tuple[Image.Image, Image.Image]], size: int = THUMBNAIL) -
     return sheet
 
 
-def build(pipeline: Pipeline, validation: list[Sample], shift: list[Sample], out: Path, max_errors: int, command: str) -> dict:
+def build(
+    pipeline: Pipeline, validation: list[Sample], shift: list[Sample], out: Path, max_errors: int, command: str
+) -> dict:
     """Score both splits, write the error sprite and the report JSON into ``out``; return the report."""
     card = pipeline.classifier.card
     val_films = score_films(pipeline, validation, "validation")
@@ -105,7 +114,9 @@ def build(pipeline: Pipeline, validation: list[Sample], shift: list[Sample], out
     wrong = errors(val_films, threshold, max_errors)
     paths = {f"{CLASSES[s.label]}/{s.path.name}": s.path for s in validation}
     out.mkdir(parents=True, exist_ok=True)
-    sprite([error_tiles(pipeline, paths[f.file]) for f in wrong]).save(out / SPRITE_NAME, quality=JPEG_QUALITY, optimize=True)
+    sprite([error_tiles(pipeline, paths[f.file]) for f in wrong]).save(
+        out / SPRITE_NAME, quality=JPEG_QUALITY, optimize=True
+    )
     report = {
         "schema": SCHEMA,
         "classifier_sha256": card.sha256,
@@ -125,10 +136,18 @@ def build(pipeline: Pipeline, validation: list[Sample], shift: list[Sample], out
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_parser(), threads_parser()]
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[checkpoint_parser(), threads_parser()],
     )
-    parser.add_argument("--train", required=True, help="the training folder (NORMAL/, PNEUMONIA/); only the checkpoint's validation patients are scored")
-    parser.add_argument("--shift", required=True, help="the shift_dev folder (NORMAL/, PNEUMONIA/); scored, never imaged")
+    parser.add_argument(
+        "--train",
+        required=True,
+        help="the training folder (NORMAL/, PNEUMONIA/); only the checkpoint's validation patients are scored",
+    )
+    parser.add_argument(
+        "--shift", required=True, help="the shift_dev folder (NORMAL/, PNEUMONIA/); scored, never imaged"
+    )
     parser.add_argument("--out", required=True, help="output folder (checkpoints/ for the Space)")
     parser.add_argument("--max-errors", type=int, default=40, help="at most this many films in the error gallery")
     return parser.parse_args(argv)
@@ -147,7 +166,12 @@ def run(argv: list[str] | None = None) -> dict:
     pipeline = Pipeline(Classifier.load(args.checkpoint))
     command = "python -m xray_xai.artifacts.model_report " + " ".join(sys.argv[1:] if argv is None else argv)
     report = build(pipeline, validation, list_samples(args.shift), Path(args.out), args.max_errors, command)
-    print(json.dumps({name: len(split["label"]) for name, split in report["splits"].items()} | {"errors": len(report["errors"]["films"])}))
+    print(
+        json.dumps(
+            {name: len(split["label"]) for name, split in report["splits"].items()}
+            | {"errors": len(report["errors"]["films"])}
+        )
+    )
     return report
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.classifier import Classifier
 from ..cli import TRAINING_SET, checkpoint_parser, data_parser, threads_parser, validation_split
 from ..data import Sample, list_samples
+from ..models.classifier import Classifier
 from ..models.features import cached_embed
-from ..preprocess import read_dataset_image
 from ..models.similar import FeatureSpace, IndexCard, SimilarIndex, encode_thumbnail
+from ..preprocess import read_dataset_image
 
 MAX_THUMBNAIL = 128  # the data rules' limit for thumbnails of train/ films
 
@@ -42,7 +42,13 @@ def pack(thumbnails: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_index(
-    features: np.ndarray, samples: list[Sample], thumbnails: list[bytes], classifier: Classifier, dims: int, thumbnail_size: int, build: dict
+    features: np.ndarray,
+    samples: list[Sample],
+    thumbnails: list[bytes],
+    classifier: Classifier,
+    dims: int,
+    thumbnail_size: int,
+    build: dict,
 ) -> SimilarIndex:
     """Fit the feature space on these films and assemble the index (pure: writes nothing)."""
     space = FeatureSpace.fit(features, dims)
@@ -61,12 +67,16 @@ def build_index(
 
 def main(argv: list[str] | None = None) -> int:
     common = [data_parser(TRAINING_SET, "DIR/{NORMAL,PNEUMONIA}/*"), checkpoint_parser(), threads_parser()]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--out", default="checkpoints/", help="folder for similar.json and similar.safetensors")
     parser.add_argument("--dims", type=int, default=128, help="principal axes kept (the feature width keeps all)")
     parser.add_argument("--thumbnail-size", type=int, default=64)
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality of the thumbnails")
-    parser.add_argument("--exclude-val-patients", action="store_true", help="leave out the checkpoint's validation patients")
+    parser.add_argument(
+        "--exclude-val-patients", action="store_true", help="leave out the checkpoint's validation patients"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache", default="outputs/features", help="feature cache folder ('' for none)")
     args = parser.parse_args(argv)
@@ -78,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.exclude_val_patients:
         held_out = {s.path for s in validation_split(samples, args.checkpoint)}
         samples = [s for s in samples if s.path not in held_out]
-    features = cached_embed(classifier.model, classifier.card.sha256, [s.path for s in samples], classifier.prepare,
-                            Path(args.cache) if args.cache else None, args.batch_size)
+    features = cached_embed(
+        classifier.model,
+        classifier.card.sha256,
+        [s.path for s in samples],
+        classifier.prepare,
+        Path(args.cache) if args.cache else None,
+        args.batch_size,
+    )
     thumbnails = make_thumbnails(samples, args.thumbnail_size, args.quality)
     build = {
         "command": "python -m xray_xai.artifacts.similar_index " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -92,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     index = build_index(features, samples, thumbnails, classifier, args.dims, args.thumbnail_size, build)
     card = index.save(Path(args.out) / "similar.json")
     size = sum((Path(args.out) / name).stat().st_size for name in ("similar.json", card.weights))
-    print(f"{len(index)} films, {card.dims} axes keeping {card.explained_variance:.1%} of the variance, {size / 1e6:.2f} MB")
+    print(
+        f"{len(index)} films, {card.dims} axes keeping {card.explained_variance:.1%} of the variance, "
+        f"{size / 1e6:.2f} MB"
+    )
     return 0
 
 

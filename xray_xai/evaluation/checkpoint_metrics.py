@@ -27,7 +27,9 @@ from ..models.classifier import Classifier
 from .scoring import Scored, calibrated
 
 
-def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifier, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def compute_metrics(
+    labels: np.ndarray, logits: np.ndarray, classifier: Classifier, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
     """Ranking, calibration and per-operating-point metrics of raw logits under a model card."""
     labels = np.asarray(labels, dtype=int)
     raw = sigmoid(logits)
@@ -54,7 +56,12 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifi
             if name in card.operating_points
         },
         "temperature": card.temperature,
-        "bootstrap": {"resamples": n_bootstrap, "seed": seed, "level": CI_LEVEL, "unit": "image, resampled within each class"},
+        "bootstrap": {
+            "resamples": n_bootstrap,
+            "seed": seed,
+            "level": CI_LEVEL,
+            "unit": "image, resampled within each class",
+        },
         "notes": notes,
     }
     missing = [name for name in OPERATING_POINTS if name not in card.operating_points]
@@ -64,7 +71,12 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, classifier: Classifi
 
 
 def band_metrics(
-    labels: np.ndarray, scored: Scored, classifier: Classifier, operating_point: str = "balanced", n_bootstrap: int = 1000, seed: int = 0
+    labels: np.ndarray,
+    scored: Scored,
+    classifier: Classifier,
+    operating_point: str = "balanced",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """How far the app's confidence bands (after lowering for uncertainty and unusual input)
     can be trusted at one operating point: accuracy per band, the wrong answers given in the
@@ -108,7 +120,13 @@ def band_metrics(
 
 
 def versus_metrics(
-    labels: np.ndarray, logits: np.ndarray, classifier: Classifier, other: Classifier, other_logits: np.ndarray, n_bootstrap: int, seed: int
+    labels: np.ndarray,
+    logits: np.ndarray,
+    classifier: Classifier,
+    other: Classifier,
+    other_logits: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
 ) -> dict:
     """Side-by-side numbers of a second checkpoint scored on the same images."""
     probs, other_probs = calibrated(classifier, logits), calibrated(other, other_logits)

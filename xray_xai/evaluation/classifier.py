@@ -50,8 +50,10 @@ def write_predictions(path: Path, scored: Scored, probs: np.ndarray) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "label", "logit", "probability"])
-        for sample, logit, p in zip(scored.samples, scored.logits, probs):
-            writer.writerow([f"{CLASSES[sample.label]}/{sample.path.name}", CLASSES[sample.label], f"{logit:.6f}", f"{p:.6f}"])
+        for sample, logit, p in zip(scored.samples, scored.logits, probs, strict=True):
+            writer.writerow(
+                [f"{CLASSES[sample.label]}/{sample.path.name}", CLASSES[sample.label], f"{logit:.6f}", f"{p:.6f}"]
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder for metrics.json and plots")
     parser.add_argument("--versus", default=None, help="a second model card to compare with on the same images")
-    parser.add_argument("--blur", type=float, default=0.0, help="score softer copies: Gaussian blur of this sigma in px at the model's input size")
+    parser.add_argument(
+        "--blur",
+        type=float,
+        default=0.0,
+        help="score softer copies: Gaussian blur of this sigma in px at the model's input size",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
     return parser.parse_args(argv)
@@ -103,11 +110,15 @@ def run(argv: list[str] | None = None) -> dict:
     if args.versus:
         other = Classifier.load(args.versus)
         other_logits = score_samples(other, scored.samples, args.batch_size, perturb=perturb).logits
-        metrics["versus"] = versus_metrics(labels, scored.logits, classifier, other, other_logits, args.bootstrap, args.seed)
+        metrics["versus"] = versus_metrics(
+            labels, scored.logits, classifier, other, other_logits, args.bootstrap, args.seed
+        )
     metrics["plots"] = save_plots(out, labels, scored.logits, classifier, metrics)
     write_predictions(out / "predictions.csv", scored, calibrated(classifier, scored.logits))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    summary = {k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "ece_ci95", "brier", "mean_probability")}
+    summary = {
+        k: metrics[k] for k in ("n", "auroc", "auroc_ci95", "auprc", "ece", "ece_ci95", "brier", "mean_probability")
+    }
     summary["high_band_error_rate"] = metrics.get("high_band_error_rate")
     summary["high_band_error_rate_ci95"] = metrics.get("high_band_error_rate_ci95")
     summary["accuracy_at_balanced"] = metrics["operating_points"].get("balanced", {}).get("accuracy")

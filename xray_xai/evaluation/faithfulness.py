@@ -49,15 +49,15 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
+from ..checkpoint import DEFAULT_LUNG_CHECKPOINT  # noqa: E402
+from ..cli import checkpoint_parser, data_parser, limit_parser, seed_parser, select, split_parser, threads_parser  # noqa: E402
+from ..data import Sample, list_samples, mask_path, seeded_subset  # noqa: E402
 from ..explain.anatomy import zone_shares  # noqa: E402
 from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
-from ..models.classifier import Classifier  # noqa: E402
-from ..cli import checkpoint_parser, data_parser, limit_parser, seed_parser, select, split_parser, threads_parser  # noqa: E402
-from ..data import Sample, list_samples, seeded_subset  # noqa: E402
-from ..imaging import InputError, load_image  # noqa: E402
-from ..models.lungs import LungSegmenter  # noqa: E402
-from ..checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT  # noqa: E402
 from ..explain.occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+from ..imaging import InputError, load_image  # noqa: E402
+from ..models.classifier import Classifier  # noqa: E402
+from ..models.lungs import LungSegmenter  # noqa: E402
 from ..pipeline import occlusion_region  # noqa: E402
 from ..results import OUTSIDE_KEY, Region  # noqa: E402
 
@@ -149,11 +149,20 @@ def class_score_fn(classifier: Classifier, target_class: int) -> ScoreFn:
 
 
 def explanation_maps(
-    classifier: Classifier, x: torch.Tensor, target_class: int, args: argparse.Namespace, seed: tuple[int, ...], region: Region | None = None
+    classifier: Classifier,
+    x: torch.Tensor,
+    target_class: int,
+    args: argparse.Namespace,
+    seed: tuple[int, ...],
+    region: Region | None = None,
 ) -> dict[str, np.ndarray]:
     """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map."""
     size = classifier.input_size
-    maps = {method: compute_cam(classifier.explainer, x, method=method, target_class=target_class) for method in args.maps if method in CAM_METHODS}
+    maps = {
+        method: compute_cam(classifier.explainer, x, method=method, target_class=target_class)
+        for method in args.maps
+        if method in CAM_METHODS
+    }
     if "occlusion" in args.maps:
         maps["occlusion"] = occlusion_map(
             classifier.explainer,
@@ -188,18 +197,27 @@ def evaluate_image(
     maps = explanation_maps(classifier, x, target, args, seed, region)
     score_fn = class_score_fn(classifier, target)
     removed, blurred = make_baseline(x, args.baseline), make_baseline(x, "blur")
-    mask_file = Path(args.masks) / CLASSES[sample.label] / f"{sample.path.stem}.png"
+    mask_file = mask_path(sample, args.masks)
     lungs = read_mask(mask_file, classifier.input_size) if mask_file.is_file() else None
-    record = {"file": f"{CLASSES[sample.label]}/{sample.path.name}", "explained_class": CLASSES[target],
-              "probability": float(score_fn(x)[0]), "lung_area_fraction": None if lungs is None else float(lungs.mean()),
-              "occlusion_region": None if region is None else list(region)}  # fmt: skip
+    record = {
+        "file": f"{CLASSES[sample.label]}/{sample.path.name}",
+        "explained_class": CLASSES[target],
+        "probability": float(score_fn(x)[0]),
+        "lung_area_fraction": None if lungs is None else float(lungs.mean()),
+        "occlusion_region": None if region is None else list(region),
+    }
     curves = {}
     kw = {"step": args.step, "batch_size": args.batch_size, "seed": seed}
     for method, saliency in maps.items():
         deletion = perturbation_curve(score_fn, x, removed, saliency, **kw)
         insertion = perturbation_curve(score_fn, blurred, x, saliency, **kw)
         inside, peak = lung_figures(saliency, lungs) if lungs is not None else (None, None)
-        record[method] = {"deletion_auc": deletion.auc, "insertion_auc": insertion.auc, "inside_lung_fraction": inside, "peak_in_lung": peak}
+        record[method] = {
+            "deletion_auc": deletion.auc,
+            "insertion_auc": insertion.auc,
+            "inside_lung_fraction": inside,
+            "peak_in_lung": peak,
+        }
         curves[method] = (deletion, insertion)
     # Where the curves end and start: if these are close to ``probability`` the test cannot discriminate.
     record["probability_deleted"] = float(deletion.score[-1])
@@ -229,20 +247,30 @@ def summarize(records: list[dict], maps: list[str]) -> dict:
         }
         if method != "random":
             summary["vs_random"] = {
-                "deletion_lower_rate": _mean([r[method]["deletion_auc"] < r["random"]["deletion_auc"] for r in records]),
-                "insertion_higher_rate": _mean([r[method]["insertion_auc"] > r["random"]["insertion_auc"] for r in records]),
+                "deletion_lower_rate": _mean(
+                    [r[method]["deletion_auc"] < r["random"]["deletion_auc"] for r in records]
+                ),
+                "insertion_higher_rate": _mean(
+                    [r[method]["insertion_auc"] > r["random"]["insertion_auc"] for r in records]
+                ),
             }
         summary["per_image"] = [{"file": r["file"], **r[method]} for r in records]
         methods[method] = summary
     return methods
 
 
-def plot_curves(path: Path, fraction: np.ndarray, mean_curves: dict[str, dict[str, np.ndarray]], methods: dict, n: int) -> None:
+def plot_curves(
+    path: Path, fraction: np.ndarray, mean_curves: dict[str, dict[str, np.ndarray]], methods: dict, n: int
+) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, kind in zip(axes, ("deletion", "insertion")):
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for method, curves in mean_curves.items():
             ax.plot(fraction, curves[kind], label=f"{method} (AUC {methods[method][f'{kind}_auc']:.3f})")
-        ax.set(xlabel="fraction of pixels " + ("removed" if kind == "deletion" else "inserted"), title=f"{kind} (mean of {n} images)", ylim=(0, 1.02))
+        ax.set(
+            xlabel="fraction of pixels " + ("removed" if kind == "deletion" else "inserted"),
+            title=f"{kind} (mean of {n} images)",
+            ylim=(0, 1.02),
+        )
         ax.legend(fontsize=8)
     axes[0].set_ylabel("calibrated P(explained class)")
     fig.tight_layout()
@@ -251,19 +279,34 @@ def plot_curves(path: Path, fraction: np.ndarray, mean_curves: dict[str, dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    common = [data_parser(), checkpoint_parser(), split_parser(), limit_parser(), seed_parser("subset, random maps and tie-breaking"), threads_parser()]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    common = [
+        data_parser(),
+        checkpoint_parser(),
+        split_parser(),
+        limit_parser(),
+        seed_parser("subset, random maps and tie-breaking"),
+        threads_parser(),
+    ]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--masks", required=True, help="reference lung masks, CLASS/NAME.png (255 = lung)")
     parser.add_argument("--out", required=True, help="output folder for faithfulness.json and the plot")
-    parser.add_argument("--classes", nargs="+", choices=CLASSES, default=["PNEUMONIA"], help="which labelled classes to explain")
+    parser.add_argument(
+        "--classes", nargs="+", choices=CLASSES, default=["PNEUMONIA"], help="which labelled classes to explain"
+    )
     parser.add_argument("--window", type=int, default=32, help="occlusion window (model-input px)")
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
     parser.add_argument(
         "--maps", nargs="+", choices=MAPS, default=["gradcam", "occlusion"],
         help="maps to score: CAM methods by name and/or occlusion (a seeded random map is always scored)",
     )  # fmt: skip
-    parser.add_argument("--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does")
-    parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card used by --lung-focus")
+    parser.add_argument(
+        "--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does"
+    )
+    parser.add_argument(
+        "--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card used by --lung-focus"
+    )
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
     parser.add_argument("--step", type=int, default=STEP_PIXELS, help="pixels changed per deletion/insertion step")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -315,7 +358,11 @@ def run(argv: list[str] | None = None) -> dict:
         "lung_area_fraction": _mean(areas),
         "probability": {  # mean P(explained class): clean, all pixels deleted, blurred (insertion start)
             name: _mean([r[key] for r in records])
-            for name, key in (("clean", "probability"), ("deleted", "probability_deleted"), ("blurred", "probability_blurred"))
+            for name, key in (
+                ("clean", "probability"),
+                ("deleted", "probability_deleted"),
+                ("blurred", "probability_blurred"),
+            )
         },
         "chance_level": "a map spread at random puts lung_area_fraction of its mass inside the lungs",
         "methods": methods,
@@ -329,8 +376,14 @@ def run(argv: list[str] | None = None) -> dict:
             "step_pixels": args.step,
             "deletion_baseline": args.baseline,
             "insertion_start": "blur",
-            "occlusion": {"window": args.window, "stride": args.stride, "baseline": args.baseline, "region": "the app's lung box" if args.lung_focus else "whole image"}
-            if "occlusion" in args.maps else None,
+            "occlusion": {
+                "window": args.window,
+                "stride": args.stride,
+                "baseline": args.baseline,
+                "region": "the app's lung box" if args.lung_focus else "whole image",
+            }
+            if "occlusion" in args.maps
+            else None,
             "maps": [*args.maps, "random"],
             "cams": "xray_xai.explain.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
             "seed": args.seed,
@@ -338,7 +391,10 @@ def run(argv: list[str] | None = None) -> dict:
             "checkpoint_sha256": classifier.card.sha256,
             "lung_segmenter_sha256": segmenter.card.sha256 if segmenter is not None else None,
         },
-        "mean_curves": {"fraction": fraction.tolist(), **{m: {k: v.tolist() for k, v in c.items()} for m, c in mean_curves.items()}},
+        "mean_curves": {
+            "fraction": fraction.tolist(),
+            **{m: {k: v.tolist() for k, v in c.items()} for m, c in mean_curves.items()},
+        },
         "probabilities": {r["file"]: r["probability"] for r in records},
         "occlusion_regions": {r["file"]: r["occlusion_region"] for r in records},  # (y0, y1, x0, x1); null: whole image
         "failed": {"count": len(failures), "files": failures},
@@ -346,7 +402,16 @@ def run(argv: list[str] | None = None) -> dict:
     plot_curves(out / "faithfulness_curves.png", fraction, mean_curves, methods, len(records))
     (out / "faithfulness.json").write_text(json.dumps(result, indent=2) + "\n")
     brief = {m: {k: v for k, v in s.items() if k not in ("per_image",)} for m, s in methods.items()}
-    print(json.dumps({"n": result["n"], "lung_area_fraction": result["lung_area_fraction"], "probability": result["probability"], "methods": brief}))
+    print(
+        json.dumps(
+            {
+                "n": result["n"],
+                "lung_area_fraction": result["lung_area_fraction"],
+                "probability": result["probability"],
+                "methods": brief,
+            }
+        )
+    )
     return result
 
 

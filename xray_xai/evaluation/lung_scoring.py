@@ -14,21 +14,25 @@ from ..models.lungs import LungSegmenter, dice, iou
 from ..preprocess import read_dataset_image
 
 
-def evaluate(segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], desc: str = "segment") -> tuple[dict, list[dict]]:
+def evaluate(
+    segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], desc: str = "segment"
+) -> tuple[dict, list[dict]]:
     """Summary metrics and one record per image, each prediction scored at its mask's resolution."""
     records = []
     for sample, path in tqdm(pairs, desc=desc, file=sys.stderr, leave=False):
         reference = read_mask(path)
         lung = segmenter.segment(read_dataset_image(sample.path))
         predicted = lung.resized(*reference.shape)
-        records.append({
-            "image": f"{sample.path.parent.name}/{sample.path.name}",
-            "size": list(reference.shape),
-            "dice": dice(predicted, reference),
-            "iou": iou(predicted, reference),
-            "plausible": lung.ok,
-            "note": lung.note,
-        })
+        records.append(
+            {
+                "image": f"{sample.path.parent.name}/{sample.path.name}",
+                "size": list(reference.shape),
+                "dice": dice(predicted, reference),
+                "iou": iou(predicted, reference),
+                "plausible": lung.ok,
+                "note": lung.note,
+            }
+        )
     return summarize(records), records
 
 

@@ -52,8 +52,15 @@ def thumbnail(pixels: np.ndarray, predicted: np.ndarray, reference: np.ndarray, 
     return canvas
 
 
-def contact_sheet(segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], records: list[dict], path: Path,
-                  limit: int = 32, cell: int = 192, columns: int = 8) -> None:
+def contact_sheet(
+    segmenter: LungSegmenter,
+    pairs: list[tuple[Sample, Path]],
+    records: list[dict],
+    path: Path,
+    limit: int = 32,
+    cell: int = 192,
+    columns: int = 8,
+) -> None:
     """PNG of the ``limit`` lowest-Dice images with reference and predicted outlines."""
     order = np.argsort([r["dice"] for r in records])[:limit]
     rows = -(-len(order) // columns)
@@ -74,12 +81,22 @@ def contact_sheet(segmenter: LungSegmenter, pairs: list[tuple[Sample, Path]], re
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    common = [data_parser(), checkpoint_parser(DEFAULT_LUNG_CHECKPOINT, "lung model card (lungs.json)"), threads_parser()]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    common = [
+        data_parser(),
+        checkpoint_parser(DEFAULT_LUNG_CHECKPOINT, "lung model card (lungs.json)"),
+        threads_parser(),
+    ]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--masks", required=True, help="folder with {NORMAL,PNEUMONIA}/NAME.png reference masks")
     parser.add_argument("--out", required=True, help="folder for lung_metrics.json and the contact sheet")
-    parser.add_argument("--split", choices=("all", "train", "val"), default="all",
-                        help="score all images, or one side of the patient-level split (val = the validation patients)")
+    parser.add_argument(
+        "--split",
+        choices=("all", "train", "val"),
+        default="all",
+        help="score all images, or one side of the patient-level split (val = the validation patients)",
+    )
     parser.add_argument("--sheet", type=int, default=32, help="images on the contact sheet (lowest Dice first)")
     return parser.parse_args(argv)
 

@@ -31,7 +31,13 @@ def save_plots(out: Path, labels: np.ndarray, logits: np.ndarray, classifier: Cl
 
     if both_classes(labels):
         marks = [
-            Mark(point["threshold"], f"{name} (t={point['threshold']:.3f})", marker=MARKERS[name][0], size=8, colour=MARKERS[name][1])
+            Mark(
+                point["threshold"],
+                f"{name} (t={point['threshold']:.3f})",
+                marker=MARKERS[name][0],
+                size=8,
+                colour=MARKERS[name][1],
+            )
             for name, point in points.items()
         ]
         fig = Figure(figsize=(5, 5), layout="tight")
@@ -52,7 +58,9 @@ def save_plots(out: Path, labels: np.ndarray, logits: np.ndarray, classifier: Cl
     for name, point in points.items():
         fig = Figure(figsize=(4, 4), layout="tight")
         ax = fig.subplots()
-        ConfusionMatrixDisplay(np.array(point["confusion"]), display_labels=CLASSES).plot(ax=ax, colorbar=False, cmap="Blues")
+        ConfusionMatrixDisplay(np.array(point["confusion"]), display_labels=CLASSES).plot(
+            ax=ax, colorbar=False, cmap="Blues"
+        )
         ax.set_title(f"{name} (p >= {point['threshold']:.3f})")
         save(fig, f"confusion_{name}.png")
     return written

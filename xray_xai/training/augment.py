@@ -54,7 +54,10 @@ def warp(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> 
     n = batch.shape[0]
     angle = torch.deg2rad(_uniform(n, -aug.rotation_deg, aug.rotation_deg, generator))
     scale = _uniform(n, *aug.scale_range, generator)
-    shift = _uniform(n, -aug.translation, aug.translation, generator), _uniform(n, -aug.translation, aug.translation, generator)
+    shift = (
+        _uniform(n, -aug.translation, aug.translation, generator),
+        _uniform(n, -aug.translation, aug.translation, generator),
+    )
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
@@ -74,10 +77,14 @@ def photometric(batch: torch.Tensor, aug: Augmentation, generator: torch.Generat
         blurred = gaussian_blur(out, [SHARPNESS_KERNEL] * 2, [SHARPNESS_SIGMA] * 2)
         out = blurred + (1 + _uniform(n, -aug.sharpness, aug.sharpness, generator)).view(n, 1, 1, 1) * (out - blurred)
     if aug.blur > 0:
-        sigma = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, aug.blur, generator), torch.zeros(n))
+        sigma = torch.where(
+            torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, aug.blur, generator), torch.zeros(n)
+        )
         out = blur_each(out, sigma)
     if aug.noise > 0:
-        std = torch.where(torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, aug.noise, generator), torch.zeros(n))
+        std = torch.where(
+            torch.rand(n, generator=generator) < 0.5, _uniform(n, 0, aug.noise, generator), torch.zeros(n)
+        )
         out = out + std.view(n, 1, 1, 1) * torch.randn(out.shape, generator=generator)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = _uniform(n, 1 - aug.contrast, 1 + aug.contrast, generator).view(n, 1, 1, 1)

@@ -85,11 +85,17 @@ class TrainConfig:
     blur: float = 0.0  # half of each batch is blurred with a Gaussian of sigma U(0, blur) px at 224, label kept
     noise: float = 0.0  # additive Gaussian noise of std U(0, noise), on half of each batch
     featureless: float = 0.0  # share of each batch blurred flat (sigma U(8, 16) px) with target FEATURELESS_TARGET
-    mixup: float = 0.0  # Beta(mixup, mixup) weights for blending each film and its target with another of the batch (0 = off)
+    mixup: float = (
+        0.0  # Beta(mixup, mixup) weights for blending each film and its target with another of the batch (0 = off)
+    )
     split_seed: int = SPLIT_SEED  # the validation patients; members of an ensemble share it and differ in ``seed``
-    init: str = ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
+    init: str = (
+        ""  # start from this checkpoint's weights (a model card trained on the same split) instead of random ones
+    )
     output_stride: int = 32  # 16: a dilated last stage, a 14x14 feature grid at 224 px (finer maps)
-    lung_guidance: float = 0.0  # weight of the share of |CAM| outside the dilated lung mask (training.guidance; 0 = off)
+    lung_guidance: float = (
+        0.0  # weight of the share of |CAM| outside the dilated lung mask (training.guidance; 0 = off)
+    )
     mask_dilation: int = MASK_DILATION  # px at 224 added around each reference lung mask for the guidance
     bf16: bool = False  # forward and backward under bfloat16 autocast (validation and the saved model stay float32)
 
@@ -141,12 +147,30 @@ def same_run(saved: dict, current: dict) -> bool:
 
 def train(args: argparse.Namespace) -> ModelCard:
     cfg = TrainConfig(
-        arch=args.arch, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        brightness=args.brightness, contrast=args.contrast, gamma=args.gamma, sharpness=args.sharpness,
-        blur=args.blur, noise=args.noise, featureless=args.featureless, mixup=args.mixup, split_seed=args.split_seed, init=args.init or "",
-        warmup_epochs=args.warmup_epochs, output_stride=args.output_stride, lung_guidance=args.lung_guidance,
-        mask_dilation=args.mask_dilation, bf16=args.bf16,
-        max_rotation_deg=args.rotation, max_translation=args.translation, scale_range=(1 - args.scale, 1 + args.scale),
+        arch=args.arch,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        brightness=args.brightness,
+        contrast=args.contrast,
+        gamma=args.gamma,
+        sharpness=args.sharpness,
+        blur=args.blur,
+        noise=args.noise,
+        featureless=args.featureless,
+        mixup=args.mixup,
+        split_seed=args.split_seed,
+        init=args.init or "",
+        warmup_epochs=args.warmup_epochs,
+        output_stride=args.output_stride,
+        lung_guidance=args.lung_guidance,
+        mask_dilation=args.mask_dilation,
+        bf16=args.bf16,
+        max_rotation_deg=args.rotation,
+        max_translation=args.translation,
+        scale_range=(1 - args.scale, 1 + args.scale),
     )
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
@@ -155,23 +179,33 @@ def train(args: argparse.Namespace) -> ModelCard:
     train_set, val_set = split_by_patient(samples, cfg.val_fraction, cfg.split_seed)
     y_train = np.array([s.label for s in train_set])
     y_val = np.array([s.label for s in val_set])
-    print(f"train {len(train_set)} images ({y_train.sum()} pneumonia), val {len(val_set)} images ({y_val.sum()} pneumonia), "
-          f"{len({s.patient for s in val_set})} val patients", flush=True)
+    print(
+        f"train {len(train_set)} images ({y_train.sum()} pneumonia), "
+        f"val {len(val_set)} images ({y_val.sum()} pneumonia), "
+        f"{len({s.patient for s in val_set})} val patients",
+        flush=True,
+    )
     x_train = load_pixels(train_set, cfg.input_size, "decode train")
     x_val = load_pixels(val_set, cfg.input_size, "decode val")
     if cfg.lung_guidance > 0:
         if cfg.mixup > 0:
-            raise SystemExit("--lung-guidance cannot be combined with --mixup (a blend of two films has no one lung mask).")
+            raise SystemExit(
+                "--lung-guidance cannot be combined with --mixup (a blend of two films has no one lung mask)."
+            )
         masks, has_mask = load_masks(train_set, Path(args.lung_masks) / "train", cfg.input_size)
         masks = dilate(masks, cfg.mask_dilation).to(torch.float16)
-        print(f"lung guidance: {int(has_mask.sum())} of {len(train_set)} training films have a reference mask", flush=True)
+        print(
+            f"lung guidance: {int(has_mask.sum())} of {len(train_set)} training films have a reference mask", flush=True
+        )
 
     model_kwargs = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
     model = create_model(cfg.arch, drop_rate=cfg.drop_rate, **model_kwargs)
     if cfg.init:
         # Its validation patients must be ours, or validation images were in its training set.
         if {s.patient for s in validation_samples(samples, cfg.init)} != {s.patient for s in val_set}:
-            raise SystemExit(f"--init {cfg.init} was validated on other patients; fine-tuning it would leak validation images.")
+            raise SystemExit(
+                f"--init {cfg.init} was validated on other patients; fine-tuning it would leak validation images."
+            )
         model.load_state_dict(initial_weights(cfg.init, cfg.arch))
     model = model.to(memory_format=torch.channels_last)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
@@ -207,12 +241,25 @@ def train(args: argparse.Namespace) -> ModelCard:
 
     def validate(candidates: dict[str, torch.nn.Module]) -> Validation:
         auroc = {name: float(roc_auc_score(y_val, predict_logits(m, x_val))) for name, m in candidates.items()}
-        return Validation(auroc, {"val_auroc": auroc["raw"], "val_auroc_ema": auroc["ema"]},
-                          f"val_auroc {auroc['raw']:.4f}  val_auroc_ema {auroc['ema']:.4f}")
+        return Validation(
+            auroc,
+            {"val_auroc": auroc["raw"], "val_auroc_ema": auroc["ema"]},
+            f"val_auroc {auroc['raw']:.4f}  val_auroc_ema {auroc['ema']:.4f}",
+        )
 
-    meta = run_epochs(model, ema, optimizer, work=work, schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
-                      config=asdict(cfg), n_train=len(train_set), batch_loss=batch_loss, validate=validate,
-                      best_key="best_auroc", same_run=same_run)
+    meta = run_epochs(
+        model,
+        ema,
+        optimizer,
+        work=work,
+        schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
+        config=asdict(cfg),
+        n_train=len(train_set),
+        batch_loss=batch_loss,
+        validate=validate,
+        best_key="best_auroc",
+        same_run=same_run,
+    )
 
     best = create_model(cfg.arch, drop_rate=cfg.drop_rate, **model_kwargs)
     best.load_state_dict(best_weights(work))
@@ -283,7 +330,15 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
     extras = {"ood_mean": torch.from_numpy(feat_mean), "ood_precision": torch.from_numpy(feat_precision)}
     card = save_within_tolerance(model, card, out / "classifier.json", extras, x_val, cal_p)
     (out / VAL_PATIENTS_FILE).write_text(
-        json.dumps({"seed": cfg.split_seed, "val_fraction": cfg.val_fraction, "patients": sorted({s.patient for s in val_set})}, indent=1) + "\n"
+        json.dumps(
+            {
+                "seed": cfg.split_seed,
+                "val_fraction": cfg.val_fraction,
+                "patients": sorted({s.patient for s in val_set}),
+            },
+            indent=1,
+        )
+        + "\n"
     )
     return card
 
@@ -296,7 +351,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         threads_parser(),
         limit_parser("use only this many images (smoke tests)"),
     ]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--out", default="checkpoints/", help="where classifier.json and its weights are written")
     parser.add_argument("--work", default="runs/classifier", help="resumable training state")
     parser.add_argument("--arch", default=defaults.arch)
@@ -304,27 +361,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--init", default=None, help="fine-tune from this model card's weights (trained on the same validation split)")
+    parser.add_argument(
+        "--init", default=None, help="fine-tune from this model card's weights (trained on the same validation split)"
+    )
     parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
-    parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="which patients are held out for validation")
-    parser.add_argument("--brightness", type=float, default=defaults.brightness, help="augmentation: +- this shift of [0, 1] pixels")
-    parser.add_argument("--contrast", type=float, default=defaults.contrast, help="augmentation: contrast factor in 1 +- this")
-    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="augmentation: pixels ** exp(U(-gamma, gamma))")
-    parser.add_argument("--sharpness", type=float, default=defaults.sharpness, help="augmentation: detail gain in 1 +- this (blur to sharpen)")
-    parser.add_argument("--blur", type=float, default=defaults.blur, help="augmentation: Gaussian blur of sigma U(0, this) px on half the batch")
-    parser.add_argument("--noise", type=float, default=defaults.noise, help="augmentation: Gaussian noise of std U(0, this) on half the batch")
-    parser.add_argument("--featureless", type=float, default=defaults.featureless, help="share of films blurred flat with a 50/50 target")
-    parser.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup: Beta(this, this) blend weights (0 = off)")
-    parser.add_argument("--rotation", type=float, default=defaults.max_rotation_deg, help="augmentation: rotation in +- this many degrees")
-    parser.add_argument("--translation", type=float, default=defaults.max_translation, help="augmentation: shift in +- this fraction of the side")
-    parser.add_argument("--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this")
-    parser.add_argument("--output-stride", type=int, choices=(16, 32), default=defaults.output_stride,
-                        help="16: a dilated last stage with a 14x14 feature grid (finer maps, slower)")
-    parser.add_argument("--lung-masks", default="../shared/data/lung_masks", help="folder with train/{NORMAL,PNEUMONIA}/NAME.png lung masks")
-    parser.add_argument("--lung-guidance", type=float, default=defaults.lung_guidance,
-                        help="weight of the share of |CAM| outside the dilated reference lung mask (0 = off)")
-    parser.add_argument("--mask-dilation", type=int, default=defaults.mask_dilation, help="px at 224 added around each lung mask")
-    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (much faster on CPUs with AMX)")
+    parser.add_argument(
+        "--split-seed", type=int, default=defaults.split_seed, help="which patients are held out for validation"
+    )
+    parser.add_argument(
+        "--brightness", type=float, default=defaults.brightness, help="augmentation: +- this shift of [0, 1] pixels"
+    )
+    parser.add_argument(
+        "--contrast", type=float, default=defaults.contrast, help="augmentation: contrast factor in 1 +- this"
+    )
+    parser.add_argument(
+        "--gamma", type=float, default=defaults.gamma, help="augmentation: pixels ** exp(U(-gamma, gamma))"
+    )
+    parser.add_argument(
+        "--sharpness",
+        type=float,
+        default=defaults.sharpness,
+        help="augmentation: detail gain in 1 +- this (blur to sharpen)",
+    )
+    parser.add_argument(
+        "--blur",
+        type=float,
+        default=defaults.blur,
+        help="augmentation: Gaussian blur of sigma U(0, this) px on half the batch",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=defaults.noise,
+        help="augmentation: Gaussian noise of std U(0, this) on half the batch",
+    )
+    parser.add_argument(
+        "--featureless",
+        type=float,
+        default=defaults.featureless,
+        help="share of films blurred flat with a 50/50 target",
+    )
+    parser.add_argument(
+        "--mixup", type=float, default=defaults.mixup, help="mixup: Beta(this, this) blend weights (0 = off)"
+    )
+    parser.add_argument(
+        "--rotation",
+        type=float,
+        default=defaults.max_rotation_deg,
+        help="augmentation: rotation in +- this many degrees",
+    )
+    parser.add_argument(
+        "--translation",
+        type=float,
+        default=defaults.max_translation,
+        help="augmentation: shift in +- this fraction of the side",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this"
+    )
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(16, 32),
+        default=defaults.output_stride,
+        help="16: a dilated last stage with a 14x14 feature grid (finer maps, slower)",
+    )
+    parser.add_argument(
+        "--lung-masks",
+        default="../shared/data/lung_masks",
+        help="folder with train/{NORMAL,PNEUMONIA}/NAME.png lung masks",
+    )
+    parser.add_argument(
+        "--lung-guidance",
+        type=float,
+        default=defaults.lung_guidance,
+        help="weight of the share of |CAM| outside the dilated reference lung mask (0 = off)",
+    )
+    parser.add_argument(
+        "--mask-dilation", type=int, default=defaults.mask_dilation, help="px at 224 added around each lung mask"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="train under bfloat16 autocast (much faster on CPUs with AMX)"
+    )
     return parser.parse_args(argv)
 
 

@@ -93,7 +93,10 @@ def shared_validation_patients(cards: list[Path]) -> set[str]:
     """The validation patients of every member, which must be the same set."""
     sets = [frozenset(json.loads((card.parent / VAL_PATIENTS_FILE).read_text())["patients"]) for card in cards]
     if len(set(sets)) != 1:
-        raise SystemExit("The members were validated on different patients: one member's validation films were another's training films.")
+        raise SystemExit(
+            "The members were validated on different patients: "
+            "one member's validation films were another's training films."
+        )
     return set(sets[0])
 
 
@@ -105,7 +108,13 @@ def assemble(cards: list[Path]) -> tuple[Ensemble, list[ModelCard]]:
     member_cards = [card for _, card, _ in loaded]
     first = member_cards[0]
     for card in member_cards[1:]:
-        if (card.arch, card.input_size, card.mean, card.std, card.classes) != (first.arch, first.input_size, first.mean, first.std, first.classes):
+        if (card.arch, card.input_size, card.mean, card.std, card.classes) != (
+            first.arch,
+            first.input_size,
+            first.mean,
+            first.std,
+            first.classes,
+        ):
             raise SystemExit("Ensemble members must share architecture, input size, normalisation and classes.")
     ensemble = Ensemble([model for model, _, _ in loaded]).eval().to(memory_format=torch.channels_last)
     return ensemble, member_cards
@@ -120,7 +129,9 @@ def perturbed_logits(model: Ensemble, x_val: torch.Tensor, clean: np.ndarray, se
     return out
 
 
-def calibration_report(logits: dict[str, np.ndarray], labels: np.ndarray, temperature: float) -> dict[str, dict[str, float]]:
+def calibration_report(
+    logits: dict[str, np.ndarray], labels: np.ndarray, temperature: float
+) -> dict[str, dict[str, float]]:
     """ECE and NLL per validation set (clean and each perturbation), before and after the temperature."""
     report = {}
     for name, z in logits.items():
@@ -140,23 +151,30 @@ def split_seed(card: ModelCard, default: int | None = None) -> int | None:
     return card.training.get("config", {}).get("split_seed", default)
 
 
-def explainer_section(explainer: str, val_member_logits: np.ndarray, temperature: float, lung_box: Sequence[int] = ()) -> dict:
+def explainer_section(
+    explainer: str, val_member_logits: np.ndarray, temperature: float, lung_box: Sequence[int] = ()
+) -> dict:
     """The card's ``explanations`` entry naming the members whose maps the app shows (never a
     lung-box member: its maps are in its crop's frame)."""
     if explainer == "all":
         if lung_box:
-            raise SystemExit("--explainer all would average maps of lung-box members, which are in their crops' frames; use closest.")
+            raise SystemExit(
+                "--explainer all would average maps of lung-box members, which are in their crops' frames; use closest."
+            )
         return {}
     k = closest_member(val_member_logits, temperature, excluded=lung_box)
     gap = member_gaps(val_member_logits, temperature)[:, k]
     return {
         "members": [k],
-        "members_rule": "the whole-film member whose calibrated P(pneumonia) on validation is closest to the ensemble's (mean absolute difference)",
+        "members_rule": "the whole-film member whose calibrated P(pneumonia) on validation is closest "
+        "to the ensemble's (mean absolute difference)",
         "members_gap": {"mean": float(gap.mean()), "p95": float(np.quantile(gap, 0.95))},
     }
 
 
-def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, out: Path) -> tuple[dict, LungSegmenter | None]:
+def lung_box_framing(
+    cards: list[Path], lung_box: list[Path], segmenter: Path, out: Path
+) -> tuple[dict, LungSegmenter | None]:
     """The card's ``framing`` for the members named by ``--lung-box`` ({} without any) and the
     loaded segmenter, after copying it next to the ensemble's card, where the app will load it from."""
     if not lung_box:
@@ -177,7 +195,8 @@ def lung_box_framing(cards: list[Path], lung_box: list[Path], segmenter: Path, o
         "margin": LUNG_BOX_MARGIN,
         "segmenter": segmenter.name,
         "segmenter_sha256": lung.card.sha256,
-        "rule": "each film is segmented, cropped to the box of its lungs plus the margin (px at 224) and resized to the "
+        "rule": "each film is segmented, cropped to the box of its lungs plus the margin (px at 224) "
+        "and resized to the "
         "input size before these members see it; the whole film when the lung mask fails its plausibility check",
     }
     return framing, lung
@@ -234,11 +253,20 @@ def build(args: argparse.Namespace) -> ModelCard:
             "calibration": "one temperature for the mean logit, fitted on the clean validation films and on "
             f"copies perturbed by {', '.join(PERTURBATIONS)} (Tomani et al. 2021)",
             "members": [
-                {"card": str(path), "sha256": card.sha256, "command": card.training.get("command"), "wall_time_s": card.training.get("wall_time_s")}
-                for path, card in zip(cards, member_cards)
+                {
+                    "card": str(path),
+                    "sha256": card.sha256,
+                    "command": card.training.get("command"),
+                    "wall_time_s": card.training.get("wall_time_s"),
+                }
+                for path, card in zip(cards, member_cards, strict=True)
             ],
         },
-        data={**first.data, "split": describe_split(first.training.get("config", {}).get("val_fraction"), split_seed(first)), "members_share_validation_patients": True},
+        data={
+            **first.data,
+            "split": describe_split(first.training.get("config", {}).get("val_fraction"), split_seed(first)),
+            "members_share_validation_patients": True,
+        },
         ood={
             "feature": "penultimate layer (global average pool) of every member, side by side",
             "distance": "Mahalanobis, Ledoit-Wolf shrinkage, fitted on training features",
@@ -249,10 +277,13 @@ def build(args: argparse.Namespace) -> ModelCard:
             "measure": "standard deviation of the members' calibrated P(pneumonia)",
             "quantile": args.uncertainty_quantile,
             "threshold": float(np.quantile(spread, args.uncertainty_quantile)),
-            "rule": "above the threshold (exceeded by this share of validation films) the confidence band is lowered one step",
+            "rule": "above the threshold (exceeded by this share of validation films) "
+            "the confidence band is lowered one step",
             "validation_median": float(np.median(spread)),
         },
-        explanations=explainer_section(args.explainer, val_member_logits, temperature, framing.get("lung_box_members", [])),
+        explanations=explainer_section(
+            args.explainer, val_member_logits, temperature, framing.get("lung_box_members", [])
+        ),
         latency={"single_image_ms": measure_latency(ensemble, size), "threads": torch.get_num_threads()},
         framing=framing,
     )
@@ -265,15 +296,32 @@ def build(args: argparse.Namespace) -> ModelCard:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    common = [data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"), seed_parser("noise of the perturbed validation copies"), threads_parser()]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    common = [
+        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
+        seed_parser("noise of the perturbed validation copies"),
+        threads_parser(),
+    ]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--members", nargs="+", required=True, help="model cards of the trained members")
-    parser.add_argument("--out", default="checkpoints/", help="where the ensemble's classifier.json and weights are written")
-    parser.add_argument("--lung-box", nargs="*", default=[], help="the members (cards among --members) trained on lung-box crops")
-    parser.add_argument("--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card that cuts the lung boxes")
+    parser.add_argument(
+        "--out", default="checkpoints/", help="where the ensemble's classifier.json and weights are written"
+    )
+    parser.add_argument(
+        "--lung-box", nargs="*", default=[], help="the members (cards among --members) trained on lung-box crops"
+    )
+    parser.add_argument(
+        "--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter card that cuts the lung boxes"
+    )
     parser.add_argument("--uncertainty-quantile", type=float, default=UNCERTAINTY_QUANTILE)
-    parser.add_argument("--explainer", choices=["closest", "all"], default="closest",
-                        help="maps from the member closest to the ensemble on validation (one network's cost), or averaged over all members")
+    parser.add_argument(
+        "--explainer",
+        choices=["closest", "all"],
+        default="closest",
+        help="maps from the member closest to the ensemble on validation (one network's cost), "
+        "or averaged over all members",
+    )
     return parser.parse_args(argv)
 
 
@@ -281,7 +329,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     card = build(args)
-    print(json.dumps({"validation": {k: v for k, v in card.validation.items() if k != "perturbed"}, "uncertainty": card.uncertainty}, indent=2))
+    print(
+        json.dumps(
+            {
+                "validation": {k: v for k, v in card.validation.items() if k != "perturbed"},
+                "uncertainty": card.uncertainty,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

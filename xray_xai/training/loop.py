@@ -73,7 +73,9 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, steps_per
     )
 
 
-def save_state(path: Path, model: torch.nn.Module, ema: ModelEmaV3, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+def save_state(
+    path: Path, model: torch.nn.Module, ema: ModelEmaV3, optimizer: torch.optim.Optimizer, meta: dict
+) -> None:
     """Resumable training state as safetensors + JSON (nothing pickled)."""
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.module.state_dict().items()})
@@ -131,7 +133,12 @@ def run_epochs(
     """
     config = json.loads(json.dumps(config))
     meta = resume(work, model, ema, optimizer, config, same_run) or {
-        "epoch": 0, best_key: -1.0, "best": None, "history": [], "elapsed_s": 0.0, "config": config,
+        "epoch": 0,
+        best_key: -1.0,
+        "best": None,
+        "history": [],
+        "elapsed_s": 0.0,
+        "config": config,
     }
     steps_per_epoch = math.ceil(n_train / schedule.batch_size)
     scheduler = lr_scheduler(optimizer, schedule, steps_per_epoch)
@@ -147,7 +154,9 @@ def run_epochs(
         for step_in_epoch in bar:
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
             scheduler.step_update(step)
-            loss = batch_loss(order[step_in_epoch * schedule.batch_size : (step_in_epoch + 1) * schedule.batch_size], generator)
+            loss = batch_loss(
+                order[step_in_epoch * schedule.batch_size : (step_in_epoch + 1) * schedule.batch_size], generator
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -158,7 +167,10 @@ def run_epochs(
         meta["elapsed_s"] += time.time() - started
         meta["epoch"] = epoch
         meta["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), **validation.history})
-        print(f"epoch {epoch:2d}  train_loss {np.mean(losses):.4f}  {validation.summary}  ({time.time() - started:.0f}s)", flush=True)
+        print(
+            f"epoch {epoch:2d}  train_loss {np.mean(losses):.4f}  {validation.summary}  ({time.time() - started:.0f}s)",
+            flush=True,
+        )
         for name, candidate in candidates.items():
             if validation.scores[name] > meta[best_key]:
                 meta[best_key], meta["best"] = float(validation.scores[name]), {"epoch": epoch, "weights": name}
@@ -168,7 +180,12 @@ def run_epochs(
 
 
 def resume(
-    work: Path, model: torch.nn.Module, ema: ModelEmaV3, optimizer: torch.optim.Optimizer, config: dict, same_run: Callable[[dict, dict], bool]
+    work: Path,
+    model: torch.nn.Module,
+    ema: ModelEmaV3,
+    optimizer: torch.optim.Optimizer,
+    config: dict,
+    same_run: Callable[[dict, dict], bool],
 ) -> dict | None:
     """The metadata of the run saved in ``work``, its state loaded; None when there is none."""
     if not (work / LAST).with_suffix(".json").is_file():

@@ -44,11 +44,18 @@ def crop_split(source: Path, target: Path, segmenter: LungSegmenter, size: int, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common = [data_parser(DATASET, "folder with SPLIT/{NORMAL,PNEUMONIA}"), threads_parser(1)]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--out", default="runs/crops", help="where the cropped copy is written")
     parser.add_argument("--splits", nargs="+", default=["train", "shift_dev"])
     parser.add_argument("--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT))
-    parser.add_argument("--input-size", type=int, default=224, help="the classifier's input size: films are cropped as the app sees them")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=224,
+        help="the classifier's input size: films are cropped as the app sees them",
+    )
     parser.add_argument("--margin", type=int, default=LUNG_BOX_MARGIN, help="px at 224 around the lungs")
     return parser.parse_args(argv)
 
@@ -64,7 +71,10 @@ def run(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.segmenter)
-    counts = {split: crop_split(Path(args.data) / split, Path(args.out) / split, segmenter, args.input_size, args.margin) for split in args.splits}
+    counts = {
+        split: crop_split(Path(args.data) / split, Path(args.out) / split, segmenter, args.input_size, args.margin)
+        for split in args.splits
+    }
     print(json.dumps(counts))
     return counts
 

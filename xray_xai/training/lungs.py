@@ -1,6 +1,7 @@
 """Train the lung-segmentation model from scratch and save it as ``lungs.json`` + ``lungs.safetensors``.
 
-    python -m xray_xai.training.lungs --data ../shared/data/chest_xray --masks ../shared/data/lung_masks --out checkpoints/
+    python -m xray_xai.training.lungs --data ../shared/data/chest_xray --masks ../shared/data/lung_masks \\
+        --out checkpoints/
 
 Image/mask pairs are ``DATA/train/CLASS/NAME.jpeg`` and ``MASKS/train/CLASS/NAME.png``; images
 without a mask are skipped. Validation uses the classifier's patient-level split
@@ -69,8 +70,14 @@ class LungTrainConfig:
 
 def card_for(cfg: LungTrainConfig) -> LungCard:
     mean, std = NORMALISATION
-    return LungCard(encoder=cfg.encoder, decoder_channels=tuple(cfg.decoder_channels), input_size=cfg.input_size,
-                    output_size=cfg.output_size, mean=mean, std=std)
+    return LungCard(
+        encoder=cfg.encoder,
+        decoder_channels=tuple(cfg.decoder_channels),
+        input_size=cfg.input_size,
+        output_size=cfg.output_size,
+        mean=mean,
+        std=std,
+    )
 
 
 def load_masks(pairs: list[tuple[Sample, Path]], size: int, desc: str) -> torch.Tensor:
@@ -87,7 +94,9 @@ def augment_pair(images: torch.Tensor, masks: torch.Tensor, cfg: LungTrainConfig
     Two passes of :func:`~xray_xai.training.augment.augment`: geometry only on the stacked
     (image, mask) channels, then intensity only on the image (an identity warp).
     """
-    geometry = Augmentation(rotation_deg=cfg.max_rotation_deg, translation=cfg.max_translation, scale_range=tuple(cfg.scale_range))
+    geometry = Augmentation(
+        rotation_deg=cfg.max_rotation_deg, translation=cfg.max_translation, scale_range=tuple(cfg.scale_range)
+    )
     intensity = Augmentation(brightness=cfg.brightness, contrast=cfg.contrast)
     warped = augment(torch.cat([images, masks], dim=1), geometry, generator)
     return augment(warped[:, :1], intensity, generator), warped[:, 1:]
@@ -102,7 +111,9 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def validation_dice(model: torch.nn.Module, card: LungCard, x_val: torch.Tensor, m_val: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+def validation_dice(
+    model: torch.nn.Module, card: LungCard, x_val: torch.Tensor, m_val: torch.Tensor, batch_size: int = 32
+) -> np.ndarray:
     """Per-image Dice of the raw thresholded prediction at ``output_size`` (no clean-up)."""
     segmenter = LungSegmenter(model, card)
     scores = []
@@ -129,8 +140,15 @@ def segment_latency_ms(segmenter: LungSegmenter, repeats: int = 30) -> float:
 
 
 def train(args: argparse.Namespace) -> LungCard:
-    cfg = LungTrainConfig(encoder=args.encoder, decoder_channels=tuple(args.decoder_channels), input_size=args.input_size,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = LungTrainConfig(
+        encoder=args.encoder,
+        decoder_channels=tuple(args.decoder_channels),
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     card = card_for(cfg)
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
@@ -142,8 +160,11 @@ def train(args: argparse.Namespace) -> LungCard:
     train_pairs = seeded_subset(paired(train_all, mask_dir), args.limit, cfg.seed)
     val_pairs = seeded_subset(paired(val_all, mask_dir), max(2, args.limit // 6) if args.limit else 0, cfg.seed)
     skipped = len(samples) - len(paired(train_all, mask_dir)) - len(paired(val_all, mask_dir))
-    print(f"train {len(train_pairs)} image/mask pairs, val {len(val_pairs)} "
-          f"({len({s.patient for s, _ in val_pairs})} patients), {skipped} images without a mask skipped", flush=True)
+    print(
+        f"train {len(train_pairs)} image/mask pairs, val {len(val_pairs)} "
+        f"({len({s.patient for s, _ in val_pairs})} patients), {skipped} images without a mask skipped",
+        flush=True,
+    )
     x_train = load_pixels([s for s, _ in train_pairs], cfg.input_size, "decode train")
     m_train = load_masks(train_pairs, cfg.input_size, "masks train")
     x_val = load_pixels([s for s, _ in val_pairs], cfg.input_size, "decode val")
@@ -162,23 +183,43 @@ def train(args: argparse.Namespace) -> LungCard:
         scores = {name: validation_dice(m, card, x_val, m_val) for name, m in candidates.items()}
         return Validation(
             {name: float(s.mean()) for name, s in scores.items()},
-            {**{f"val_dice_{n}": float(s.mean()) for n, s in scores.items()},
-             **{f"val_dice_p05_{n}": float(np.percentile(s, 5)) for n, s in scores.items()}},
+            {
+                **{f"val_dice_{n}": float(s.mean()) for n, s in scores.items()},
+                **{f"val_dice_p05_{n}": float(np.percentile(s, 5)) for n, s in scores.items()},
+            },
             f"val_dice {scores['raw'].mean():.4f} (p05 {np.percentile(scores['raw'], 5):.4f})  "
             f"val_dice_ema {scores['ema'].mean():.4f} (p05 {np.percentile(scores['ema'], 5):.4f})",
         )
 
-    meta = run_epochs(model, ema, optimizer, work=work, schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
-                      config=asdict(cfg), n_train=len(train_pairs), batch_loss=batch_loss, validate=validate, best_key="best_dice")
+    meta = run_epochs(
+        model,
+        ema,
+        optimizer,
+        work=work,
+        schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed),
+        config=asdict(cfg),
+        n_train=len(train_pairs),
+        batch_loss=batch_loss,
+        validate=validate,
+        best_key="best_dice",
+    )
 
     best = build_model(card)
     best.load_state_dict(best_weights(work))
     card = finalize(best, card, cfg, meta, train_pairs, val_pairs, skipped, out)
-    print(json.dumps({"validation": {k: v for k, v in card.validation.items() if k != "history"}, "latency": card.latency}, indent=2), flush=True)
+    print(
+        json.dumps(
+            {"validation": {k: v for k, v in card.validation.items() if k != "history"}, "latency": card.latency},
+            indent=2,
+        ),
+        flush=True,
+    )
     return card
 
 
-def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pairs, val_pairs, skipped: int, out: Path) -> LungCard:
+def finalize(
+    model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pairs, val_pairs, skipped: int, out: Path
+) -> LungCard:
     """Save float16 weights, then score the saved checkpoint on validation through ``segment``."""
     card.training = {
         "command": " ".join(["python -m xray_xai.training.lungs"] + sys.argv[1:]),
@@ -206,8 +247,11 @@ def finalize(model, card: LungCard, cfg: LungTrainConfig, meta: dict, train_pair
     summary, _ = evaluate(segmenter, val_pairs, desc="score val")
     card = segmenter.card
     card.validation = {**summary, "scored": "saved float16 checkpoint through LungSegmenter.segment, at 224 x 224"}
-    card.latency = {"segment_224_ms": segment_latency_ms(segmenter), "threads": torch.get_num_threads(),
-                    "weights_mb": round((out / card.weights).stat().st_size / 1e6, 2)}
+    card.latency = {
+        "segment_224_ms": segment_latency_ms(segmenter),
+        "threads": torch.get_num_threads(),
+        "weights_mb": round((out / card.weights).stat().st_size / 1e6, 2),
+    }
     card.to_json(card_path)  # the weight file (and its sha256) is unchanged
     return card
 
@@ -220,8 +264,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         threads_parser(),
         limit_parser("use only this many training pairs (smoke tests)"),
     ]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
-    parser.add_argument("--masks", default="../shared/data/lung_masks", help="folder with train/{NORMAL,PNEUMONIA}/NAME.png")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
+    parser.add_argument(
+        "--masks", default="../shared/data/lung_masks", help="folder with train/{NORMAL,PNEUMONIA}/NAME.png"
+    )
     parser.add_argument("--out", default="checkpoints/", help="where lungs.json and its weights are written")
     parser.add_argument("--work", default="runs/lungs", help="resumable training state")
     parser.add_argument("--encoder", default=defaults.encoder, help="smp encoder name ('tu-' = any timm model)")

@@ -24,14 +24,24 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard
-from ..cli import TRAINING_SET, checkpoint_parser, data_parser, limit_parser, seed_parser, threads_parser, validation_split
+from ..cli import (
+    TRAINING_SET,
+    checkpoint_parser,
+    data_parser,
+    limit_parser,
+    seed_parser,
+    threads_parser,
+    validation_split,
+)
 from ..data import Sample, list_samples, seeded_subset
 from ..pipeline import Options, Pipeline
 
 PERCENTILE = 95.0
 
 
-def outside_lung_shares(pipeline: Pipeline, samples: list[Sample], options: Options = Options()) -> dict[str, list[float]]:
+def outside_lung_shares(
+    pipeline: Pipeline, samples: list[Sample], options: Options = Options()
+) -> dict[str, list[float]]:
     """Per method, the share of map mass outside the lungs, for every image with a plausible segmentation."""
     shares: dict[str, list[float]] = {}
     for sample in tqdm(samples, desc="shortcut thresholds", unit="img", file=sys.stderr):
@@ -72,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         seed_parser("the subset of validation images"),
         threads_parser(),
     ]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
+    )
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT), help="lung segmenter model card")
     return parser.parse_args(argv)
 

@@ -69,7 +69,7 @@ def reliability_figure(report: ModelReport, n_bins: int = 15) -> Figure:
     (the bins of the model card's ECE; dot area grows with the films in a bin)."""
     fig = Figure(figsize=(9, 4.2), layout="constrained")
     axes = fig.subplots(1, len(report.splits), sharey=True)
-    for ax, (name, split) in zip(axes, report.splits.items()):
+    for ax, (name, split) in zip(axes, report.splits.items(), strict=True):
         reliability_panel(ax, split.probs, split.labels, name, bar_colour=COLOURS[name], dot_colour="k", n_bins=n_bins)
         ax.label_outer()
     return fig
@@ -80,11 +80,17 @@ def confusion_figure(report: ModelReport) -> Figure:
     points = [p for p in OPERATING_POINTS if p in report.operating_points]
     fig = Figure(figsize=(3.2 * len(points), 6.2), layout="constrained")
     axes = fig.subplots(len(report.splits), len(points), squeeze=False)
-    for row, (name, split) in zip(axes, report.splits.items()):
-        for ax, point in zip(row, points):
+    for row, (name, split) in zip(axes, report.splits.items(), strict=True):
+        for ax, point in zip(row, points, strict=True):
             rates = confusion_at(split.labels, split.probs, report.threshold(point))
-            ConfusionMatrixDisplay(np.array(rates.confusion), display_labels=CLASSES).plot(ax=ax, colorbar=False, cmap="Blues")
-            ax.set_title(f"{name} · {point} (p ≥ {rates.threshold:.3f})\nsens {_percent(rates.sensitivity)} · spec {_percent(rates.specificity)}", fontsize=9)
+            ConfusionMatrixDisplay(np.array(rates.confusion), display_labels=CLASSES).plot(
+                ax=ax, colorbar=False, cmap="Blues"
+            )
+            ax.set_title(
+                f"{name} · {point} (p ≥ {rates.threshold:.3f})\n"
+                f"sens {_percent(rates.sensitivity)} · spec {_percent(rates.specificity)}",
+                fontsize=9,
+            )
     return fig
 
 
@@ -131,7 +137,13 @@ def gallery_items(report: ModelReport) -> list[tuple[Image.Image, str]]:
         for row, film in enumerate(report.errors):
             kind = "False negative" if film["label"] else "False positive"
             tile = sheet.crop((0, row * report.tile, 2 * report.tile, (row + 1) * report.tile))
-            items.append((tile, f"{kind} · {film['file']} · P(pneumonia) {film['probability']:.3f} (threshold {threshold:.3f}) · band {film['band']}"))
+            items.append(
+                (
+                    tile,
+                    f"{kind} · {film['file']} · P(pneumonia) {film['probability']:.3f} "
+                    f"(threshold {threshold:.3f}) · band {film['band']}",
+                )
+            )
     return items
 
 
@@ -148,19 +160,52 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
         gr.Plot(roc_figure(report), label="ROC", elem_id="model-roc")
         gr.Plot(pr_figure(report), label="Precision-recall", elem_id="model-pr")
     gr.Plot(reliability_figure(report), label="Reliability (calibration)", elem_id="model-reliability")
-    gr.Dataframe(bands_table(report), label="Accuracy per confidence band (balanced point)", interactive=False, elem_id="model-bands")
-    gr.Plot(confusion_figure(report), label="Confusion matrices at the three operating points", elem_id="model-confusion")
+    gr.Dataframe(
+        bands_table(report),
+        label="Accuracy per confidence band (balanced point)",
+        interactive=False,
+        elem_id="model-bands",
+    )
+    gr.Plot(
+        confusion_figure(report), label="Confusion matrices at the three operating points", elem_id="model-confusion"
+    )
     gr.Markdown("### Threshold explorer")
     with gr.Row():
-        threshold = gr.Slider(0.0, 1.0, value=round(report.threshold("balanced"), 3), step=0.001, label="Threshold on P(pneumonia)")
-        prevalence = gr.Number(DEFAULT_PREVALENCE_PERCENT, minimum=0.1, maximum=99.9, step=0.1, label="Prevalence of pneumonia in your setting (%)")
+        threshold = gr.Slider(
+            0.0, 1.0, value=round(report.threshold("balanced"), 3), step=0.001, label="Threshold on P(pneumonia)"
+        )
+        prevalence = gr.Number(
+            DEFAULT_PREVALENCE_PERCENT,
+            minimum=0.1,
+            maximum=99.9,
+            step=0.1,
+            label="Prevalence of pneumonia in your setting (%)",
+        )
     table, note = explore(report, threshold.value, DEFAULT_PREVALENCE_PERCENT)
     explorer_table = gr.Dataframe(table, interactive=False, elem_id="model-explorer")
     explorer_note = gr.Markdown(note)
-    gr.on([threshold.change, prevalence.change], lambda t, p: explore(report, t, p), [threshold, prevalence], [explorer_table, explorer_note], api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+    gr.on(
+        [threshold.change, prevalence.change],
+        lambda t, p: explore(report, t, p),
+        [threshold, prevalence],
+        [explorer_table, explorer_note],
+        api_visibility="private",
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
     gr.Markdown(
-        "### Error gallery\nValidation films called wrong at the balanced point, most confidently wrong first: the film, "
+        "### Error gallery\nValidation films called wrong at the balanced point, most confidently wrong first: "
+        "the film, "
         "then Grad-CAM of the evidence for the (wrong) predicted class. Films from Kermany, Zhang and Goldbaum (2018), "
         "doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
     )
-    gr.Gallery(gallery_items(report), columns=4, height="auto", allow_preview=True, object_fit="contain", format="jpeg", elem_id="model-errors", label=f"{len(report.errors)} validation errors")
+    gr.Gallery(
+        gallery_items(report),
+        columns=4,
+        height="auto",
+        allow_preview=True,
+        object_fit="contain",
+        format="jpeg",
+        elem_id="model-errors",
+        label=f"{len(report.errors)} validation errors",
+    )

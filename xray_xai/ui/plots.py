@@ -54,13 +54,23 @@ def roc_panel(ax: Axes, curves: Sequence[Scores], title: str) -> None:
         area = auroc(scores.labels, scores.probs)
         display = RocCurveDisplay.from_predictions(
             scores.labels, scores.probs, ax=ax,
-            curve_kwargs={"label": f"{_prefix(scores)}AUROC {area:.3f} (n={len(scores.labels)})", "color": scores.colour},
+            curve_kwargs={
+                "label": f"{_prefix(scores)}AUROC {area:.3f} (n={len(scores.labels)})",
+                "color": scores.colour,
+            },
             plot_chance_level=index == 0, chance_level_kw={"color": "grey", "linestyle": ":", "label": "_chance"},
         )  # fmt: skip
         colour = display.line_.get_color()
         for mark in scores.marks:
             rates = confusion_at(scores.labels, scores.probs, mark.threshold)
-            ax.plot(1 - rates.specificity, rates.sensitivity, mark.marker, color=mark.colour or colour, ms=mark.size, label=mark.label or "_mark")
+            ax.plot(
+                1 - rates.specificity,
+                rates.sensitivity,
+                mark.marker,
+                color=mark.colour or colour,
+                ms=mark.size,
+                label=mark.label or "_mark",
+            )
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title=title, xlim=LIMITS, ylim=LIMITS)
     ax.legend(loc="lower right", fontsize=8)
 
@@ -74,14 +84,29 @@ def pr_panel(ax: Axes, curves: Sequence[Scores], title: str) -> None:
         prevalence = float(np.mean(scores.labels))
         display = PrecisionRecallDisplay.from_predictions(
             scores.labels, scores.probs, ax=ax,
-            curve_kwargs={"label": f"{_prefix(scores)}AUPRC {auprc(scores.labels, scores.probs):.3f}", "color": scores.colour},
+            curve_kwargs={
+                "label": f"{_prefix(scores)}AUPRC {auprc(scores.labels, scores.probs):.3f}",
+                "color": scores.colour,
+            },
         )  # fmt: skip
         colour = display.line_.get_color()
-        ax.axhline(prevalence, ls=":", color=scores.colour or "grey", label=f"{scores.name + ' ' if scores.name else ''}prevalence {percent(prevalence)}")
+        ax.axhline(
+            prevalence,
+            ls=":",
+            color=scores.colour or "grey",
+            label=f"{scores.name + ' ' if scores.name else ''}prevalence {percent(prevalence)}",
+        )
         for mark in scores.marks:
             rates = confusion_at(scores.labels, scores.probs, mark.threshold)
             if rates.ppv is not None:
-                ax.plot(rates.sensitivity, rates.ppv, mark.marker, color=mark.colour or colour, ms=mark.size, label=mark.label or "_mark")
+                ax.plot(
+                    rates.sensitivity,
+                    rates.ppv,
+                    mark.marker,
+                    color=mark.colour or colour,
+                    ms=mark.size,
+                    label=mark.label or "_mark",
+                )
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=LIMITS, ylim=LIMITS)
     ax.legend(loc="lower left", fontsize=8)
 
