@@ -89,9 +89,11 @@ def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> Image.Image:
 
 
 def error_tiles(pipeline: Pipeline, path: Path) -> tuple[Image.Image, Image.Image]:
-    """The film and its Grad-CAM overlay (evidence for the predicted class), as thumbnails."""
+    """The film and its Grad-CAM overlay (evidence for the predicted class), as thumbnails; the film
+    twice when it got no map (an image that is plainly not a radiograph)."""
     result = pipeline.first_pass(str(path), Options(operating_point=OPERATING_POINT, occlusion="off"))
-    return thumbnail(result.pixels), thumbnail(draw_result(result, outline=False)["gradcam"])
+    overlay = draw_result(result, outline=False).get("gradcam", result.pixels)
+    return thumbnail(result.pixels), thumbnail(overlay)
 
 
 def sprite(rows: list[tuple[Image.Image, Image.Image]], size: int = THUMBNAIL) -> Image.Image:
