@@ -120,13 +120,6 @@ def build_targets(classifier: Classifier, threads: int) -> tuple[dict, dict]:
     ov_net = {p: runtime.CompiledNet(net_cl, (1, size, size), p, threads) for p in ("f32", "bf16")}
     ov_unet = {p: runtime.CompiledNet(segmenter.model, (1, seg_size, seg_size), p, threads) for p in ("f32", "bf16")}
     targets = {
-        "ensemble": {
-            "torch_fp32": scoring(contiguous),
-            "torch_fp32_cl": scoring(model),
-            "torch_bf16_cl": with_autocast(scoring(model)),
-            "ov_f32": scoring(ov["f32"]),
-            "ov_bf16": scoring(ov["bf16"]),
-        },
         "classifier": {
             "torch_fp32": pooled_call(net_cont),
             "torch_fp32_cl": pooled_call(net_cl),
@@ -140,6 +133,13 @@ def build_targets(classifier: Classifier, threads: int) -> tuple[dict, dict]:
             "torch_bf16_cl": with_autocast(segmenter.model),
             "ov_f32": ov_unet["f32"],
             "ov_bf16": ov_unet["bf16"],
+        },
+        "ensemble": {
+            "torch_fp32": scoring(contiguous),
+            "torch_fp32_cl": scoring(model),
+            "torch_bf16_cl": with_autocast(scoring(model)),
+            "ov_f32": scoring(ov["f32"]),
+            "ov_bf16": scoring(ov["bf16"]),
         },
     }
     films = example_films()
@@ -172,7 +172,8 @@ def time_targets(targets: dict, inputs: dict, batches: list[int], repeats: int, 
                     start = time.perf_counter()
                     fn(xi)
                     times[target][name][batch].append(1000 * (time.perf_counter() - start))
-            print(f"  timed {target} batch {batch}", flush=True)
+            done = ", ".join(f"{name} {statistics.median(times[target][name][batch]):.1f}" for name in runs)
+            print(f"  {target} batch {batch} (median ms): {done}", flush=True)
     return {
         t: {r: {b: statistics.median(v) for b, v in per.items()} for r, per in runs.items()}
         for t, runs in times.items()
@@ -203,7 +204,7 @@ def benchmark(args: argparse.Namespace) -> None:
         flush=True,
     )
     targets, inputs = build_targets(classifier, args.threads)
-    medians = time_targets(targets, inputs, args.batches, args.repeats)
+    medians = time_targets(targets, inputs, args.batches, args.repeats, args.warmup)
     print("PROVISIONAL unless run on an idle machine")
     print_table(medians, args.batches)
     ensemble = medians["ensemble"]
@@ -307,6 +308,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per runtime and batch size")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 3, 32])
     parser.add_argument(
         "--accuracy", action="store_true", help="compare each runtime precision with fp32 torch instead of timing"

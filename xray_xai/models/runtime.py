@@ -49,11 +49,22 @@ Interface
     served (AUROC equal to 3 decimals, max |dP| <= 0.01 on the calibrated ensemble probability,
     identical decisions at the balanced threshold on >= 99.5% of films).
 
+Integration into ``Classifier``: keep ``model`` (torch: the explainer and the maps come from it)
+and score with ``serving = runtime.serve(model, card)``, set in ``__post_init__`` after the
+explainer; ``probabilities`` and ``score`` call ``self.serving`` where they called ``self.model``.
+
+On the shipped checkpoint (OpenVINO 2026.4.1) f32 matches fp32 torch to 4e-7 in P(pneumonia);
+bf16 keeps AUROC and every balanced decision but moves P by up to 0.021, over the 0.01 limit, so
+only f32 may be served there (``benchmarks/runtime.py --accuracy``).
+
 Caches (cold start does not grow with use): the traced network is kept as OpenVINO IR under
-``cache_dir()/ir`` keyed by its weights, architecture and the torch/OpenVINO versions, so a restart
-skips the ~5 s trace per network; the compiled blob is kept by OpenVINO's own ``CACHE_DIR`` in
-``cache_dir()``. Default ``~/.cache/xray_xai/openvino``, overridden by ``XRAY_XAI_OV_CACHE``; an
-unwritable folder only disables caching.
+``cache_dir()/ir`` keyed by its weights, architecture and the torch/OpenVINO versions, so a
+restart skips tracing and converting each network (seconds each); the compiled blob is kept by
+OpenVINO's own ``CACHE_DIR`` in ``cache_dir()`` (the CPU plugin's blob does not depend on the
+precision hint: one per network). Default ``~/.cache/xray_xai/openvino``, overridden by
+``XRAY_XAI_OV_CACHE``; an unwritable folder only disables caching. Converting is the only step
+that calls OpenVINO's converter, which sends usage telemetry (openvino-telemetry) unless opted
+out (``opt_in_out --opt_out``) or ``CI=true``; a warm cache skips it.
 
 Threads: ``INFERENCE_NUM_THREADS`` is torch's thread count when a network is compiled, with the
 ``LATENCY`` performance hint (one stream). Each calling thread gets its own infer request, so the
