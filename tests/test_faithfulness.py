@@ -128,6 +128,11 @@ def test_cli_writes_every_figure(tiny):
             assert method[key] is None or 0 <= method[key] <= 1, (name, key)
         assert len(method["per_image"]) == 3
         assert sum(row["inside_lung_fraction"] is None for row in method["per_image"]) >= 1  # the image without a mask
+    for name in ("gradcam", "occlusion"):  # the sanity check ran for every real map, not the random one
+        correlation = saved["methods"][name]["randomization_rank_correlation"]
+        assert isinstance(correlation, float) and -1 <= correlation <= 1, name
+        assert all(-1 <= row["randomization_rank_correlation"] <= 1 for row in saved["methods"][name]["per_image"])
+    assert "randomization_rank_correlation" not in saved["methods"]["random"]
     random = saved["methods"]["random"]
     assert random["inside_lung_fraction"] == pytest.approx(saved["lung_area_fraction"], abs=0.08)  # chance level
     assert len(saved["mean_curves"]["fraction"]) == len(saved["mean_curves"]["gradcam"]["deletion"]) == 32 + 1

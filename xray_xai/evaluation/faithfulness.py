@@ -28,6 +28,12 @@ checkpoint by training), so run it on ``DATA/train``. Occlusion covers the whole
 occludes: both lungs plus a margin, found by the app's lung segmenter on each film (the whole
 film where its mask fails the plausibility check). Use ``--window 48 --stride 24`` with it for
 the app's fast preset, i.e. the occlusion map as the app shows it.
+
+Sanity check (``--sanity``, on by default): every map is made again on a copy of the explaining
+network whose head and last stage are re-initialised (:func:`xray_xai.explain.sanity.randomized_top`,
+the model-parameter randomisation test of Adebayo et al. 2018); ``randomization_rank_correlation``
+is the mean Spearman correlation of the real and randomised maps. A map that explains the model
+scores far below 1.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from ..data import Sample, list_samples, mask_path, seeded_subset  # noqa: E402
 from ..explain.anatomy import zone_shares  # noqa: E402
 from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
 from ..explain.occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
+from ..explain.sanity import randomized_top, rank_correlation  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
 from ..models.classifier import Classifier  # noqa: E402
 from ..models.lungs import LungSegmenter  # noqa: E402
@@ -155,17 +162,20 @@ def explanation_maps(
     args: argparse.Namespace,
     seed: tuple[int, ...],
     region: Region | None = None,
+    explainer: torch.nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
-    """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map."""
+    """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map,
+    of ``explainer`` (default: the classifier's explaining network)."""
     size = classifier.input_size
+    explainer = classifier.explainer if explainer is None else explainer
     maps = {
-        method: compute_cam(classifier.explainer, x, method=method, target_class=target_class)
+        method: compute_cam(explainer, x, method=method, target_class=target_class)
         for method in args.maps
         if method in CAM_METHODS
     }
     if "occlusion" in args.maps:
         maps["occlusion"] = occlusion_map(
-            classifier.explainer,
+            explainer,
             x,
             window=args.window,
             stride=args.stride,
@@ -185,16 +195,27 @@ def select_samples(args: argparse.Namespace) -> list[Sample]:
 
 
 def evaluate_image(
-    classifier: Classifier, sample: Sample, args: argparse.Namespace, index: int, segmenter: LungSegmenter | None = None
+    classifier: Classifier,
+    sample: Sample,
+    args: argparse.Namespace,
+    index: int,
+    segmenter: LungSegmenter | None = None,
+    randomized: torch.nn.Module | None = None,
 ) -> tuple[dict, dict[str, Curve]]:
     """Per-method deletion/insertion curves and lung figures for one image; with a ``segmenter``
-    the occlusion covers only the box the app would occlude."""
+    the occlusion covers only the box the app would occlude; with ``randomized`` (a copy of the
+    explaining network with randomised top layers) the rank correlation of its maps with the real ones."""
     pixels = load_image(sample.path).pixels
     x = classifier.prepare(pixels)
     target = sample.label
     seed = (args.seed, index)  # random map and tie-breaking, reproducible per image
     region = occlusion_region(segmenter.segment(pixels)) if segmenter is not None else None
     maps = explanation_maps(classifier, x, target, args, seed, region)
+    sanity = (
+        explanation_maps(classifier, x, target, args, seed, region, explainer=randomized)
+        if randomized is not None
+        else {}
+    )
     score_fn = class_score_fn(classifier, target)
     removed, blurred = make_baseline(x, args.baseline), make_baseline(x, "blur")
     mask_file = mask_path(sample, args.masks)
@@ -218,6 +239,8 @@ def evaluate_image(
             "inside_lung_fraction": inside,
             "peak_in_lung": peak,
         }
+        if method in sanity and method != "random":
+            record[method]["randomization_rank_correlation"] = rank_correlation(saliency, sanity[method])
         curves[method] = (deletion, insertion)
     # Where the curves end and start: if these are close to ``probability`` the test cannot discriminate.
     record["probability_deleted"] = float(deletion.score[-1])
@@ -246,6 +269,8 @@ def summarize(records: list[dict], maps: list[str]) -> dict:
             "n_lung": len(inside),
         }
         if method != "random":
+            correlations = [r.get("randomization_rank_correlation") for r in rows]
+            summary["randomization_rank_correlation"] = _mean(correlations)
             summary["vs_random"] = {
                 "deletion_lower_rate": _mean(
                     [r[method]["deletion_auc"] < r["random"]["deletion_auc"] for r in records]
@@ -310,6 +335,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=BASELINES, default="blur", help="occlusion and deletion baseline")
     parser.add_argument("--step", type=int, default=STEP_PIXELS, help="pixels changed per deletion/insertion step")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--sanity", action=argparse.BooleanOptionalAction, default=True,
+        help="model-parameter randomisation test: each map again with the head and last stage re-initialised",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.maps = list(dict.fromkeys(args.maps))  # each map once, in the order given
     if args.lung_focus and "occlusion" not in args.maps:
@@ -328,13 +357,14 @@ def run(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.lung_checkpoint) if args.lung_focus else None
     classifier = Classifier.load(args.checkpoint, segmenter=segmenter)
+    randomized = randomized_top(classifier.explainer, seed=args.seed) if args.sanity else None
     samples = select_samples(args)
     if not samples:
         raise SystemExit(f"No {'/'.join(args.classes)} images selected under {args.data}.")
     records, failures, sums = [], [], {}
     for index, sample in enumerate(tqdm(samples, desc="faithfulness", unit="img", file=sys.stderr)):
         try:
-            record, curves = evaluate_image(classifier, sample, args, index, segmenter)
+            record, curves = evaluate_image(classifier, sample, args, index, segmenter, randomized)
         except InputError as error:
             failures.append({"file": f"{CLASSES[sample.label]}/{sample.path.name}", "reason": str(error)})
             continue
@@ -385,6 +415,10 @@ def run(argv: list[str] | None = None) -> dict:
             if "occlusion" in args.maps
             else None,
             "maps": [*args.maps, "random"],
+            "sanity": "Spearman correlation of each map with the same map of a copy whose head and last stage "
+            "are re-initialised (Adebayo et al. 2018)"
+            if args.sanity
+            else None,
             "cams": "xray_xai.explain.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
             "seed": args.seed,
             "checkpoint": str(Path(args.checkpoint).resolve()),
