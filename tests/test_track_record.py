@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
-from xray_xai.models.classifier import Classifier
 from xray_xai.checkpoint import ModelCard
 from xray_xai.model_report import ModelReport, load_matching, track_record
+from xray_xai.models.classifier import Classifier
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.report import build_report
 from xray_xai.results import Analysis, OperatingPoint, Prediction, TrackRecord
@@ -66,7 +66,9 @@ def test_track_record_counts_stored_answers_with_the_same_label_and_band(tmp_pat
         TrackRecord("validation", "NORMAL", "High", n=1, correct=1),
         TrackRecord("shift_dev", "NORMAL", "High", n=0, correct=0),
     )
-    assert track_record(report, _prediction("PNEUMONIA", "Low"))[1] == TrackRecord("shift_dev", "PNEUMONIA", "Low", n=1, correct=1)
+    assert track_record(report, _prediction("PNEUMONIA", "Low"))[1] == TrackRecord(
+        "shift_dev", "PNEUMONIA", "Low", n=1, correct=1
+    )
 
 
 def test_no_track_record_at_an_operating_point_the_bands_were_not_given_at(tmp_path):
@@ -114,9 +116,13 @@ def test_pipeline_quotes_the_track_record_of_its_answer(tmp_path):
     prediction = result.analysis.prediction
     assert prediction.label == "PNEUMONIA"
     assert result.analysis.track_record == track_record(report, prediction) and len(result.analysis.track_record) == 2
-    assert f"(PNEUMONIA, {prediction.band} band)" in result.analysis.report
+    line = next(line for line in result.analysis.report.splitlines() if line.startswith("- Track record"))
+    kind = "(PNEUMONIA, " if prediction.answer == "PNEUMONIA" else "(PNEUMONIA side of the threshold, "
+    assert f"{kind}{prediction.band} band" in line
     assert result.to_json()["track_record"][0]["split"] == "validation"
 
-    other_point = Pipeline(classifier, model_report=report).first_pass(film, Options(occlusion="off", operating_point="screening"))
+    other_point = Pipeline(classifier, model_report=report).first_pass(
+        film, Options(occlusion="off", operating_point="screening")
+    )
     assert other_point.analysis.track_record == () and "Track record" not in other_point.analysis.report
     assert Pipeline(classifier).first_pass(film, Options(occlusion="off")).analysis.track_record == ()
