@@ -18,6 +18,7 @@ from xray_xai.calibration import (
     reliability_bins,
     sigmoid,
 )
+from xray_xai.checkpoint import DEFAULT_CHECKPOINT, read_card
 
 # --- the hand-written metrics these functions replaced, kept here as the reference ---------------
 
@@ -172,3 +173,13 @@ def test_candidate_thresholds_cover_both_extremes():
     assert c[-1] > 1.0
     sens, spec = rates_at(np.array([0.0, 0.5, 1.0]), np.array([0, 1, 1]), c)
     assert sens[0] == 1.0 and spec[-1] == 1.0
+
+
+def test_the_shipped_card_orders_its_points_and_states_their_targets():
+    card = read_card(DEFAULT_CHECKPOINT)
+    points = card.operating_points
+    assert points["screening"]["threshold"] <= points["balanced"]["threshold"] <= points["rule_in"]["threshold"]
+    assert points["screening"]["sensitivity"] >= 0.99 and points["rule_in"]["specificity"] >= 0.99
+    assert all(points[name]["target"] and points[name]["rule"] for name in points)
+    conformal = card.conformal
+    assert 0 < conformal["alpha"] < 0.5 and 0 < conformal["q_normal"] < 1 and 0 < conformal["q_pneumonia"] < 1
