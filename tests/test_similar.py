@@ -237,7 +237,7 @@ def test_gallery_shows_each_neighbour_with_label_and_similarity():
     thumbs = (np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8))
     items = gallery_value(Result(analysis, np.zeros((80, 80), np.float32), thumbnails=thumbs))
     assert [caption for _, caption in items] == [
-        "NORMAL · similarity 0.90 · f0.jpeg",
-        "PNEUMONIA · similarity 0.89 · f1.jpeg",
+        "0.90 · NORMAL · f0.jpeg",  # the similarity first: a caption cut short still shows it
+        "0.89 · PNEUMONIA · f1.jpeg",
     ]
     assert np.asarray(Image.open(items[1][0])).mean() == pytest.approx(200, abs=1)
