@@ -18,8 +18,10 @@ from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai.__main__ import main as cli_main
 from xray_xai.batch import (
     INTERNAL_ERROR,
+    ROW_FIELDS,
     Job,
     Outcome,
+    error_record,
     expand_inputs,
     read_rows,
     result_record,
@@ -45,7 +47,9 @@ def films(tmp_path_factory) -> list[str]:
     (root / "sub").mkdir()
     rng = np.random.default_rng(0)
     paths = [root / "a.png", root / "b_broken.jpeg", root / "sub" / "c.png", root / "sub" / "d.png"]
-    for path, (height, width, label) in zip([paths[0], *paths[2:]], [(120, 100, 0), (96, 128, 1), (100, 100, 1)]):
+    for path, (height, width, label) in zip(
+        [paths[0], *paths[2:]], [(120, 100, 0), (96, 128, 1), (100, 100, 1)], strict=True
+    ):
         Image.fromarray(synthetic_radiograph(rng, height, width, label)).save(path)
     paths[1].write_bytes(b"\xff\xd8\xff\xe0 truncated")
     return [str(p) for p in paths]
@@ -53,7 +57,9 @@ def films(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def job(checkpoint, tmp_path_factory) -> Job:
-    return Job(str(checkpoint), str(tmp_path_factory.mktemp("nolungs") / "none.json"), Options(occlusion="fast"), threads=1)
+    return Job(
+        str(checkpoint), str(tmp_path_factory.mktemp("nolungs") / "none.json"), Options(occlusion="fast"), threads=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +101,16 @@ class CountingAnalyze:
 def test_ray_and_local_engines_write_identical_outputs(ray_runtime, films, job, tmp_path):
     """The local engine through the library, Ray through the CLI (on the runtime already running)."""
     local = run(films, tmp_path / "local", job, run_local)
-    argv = ["analyze", str(Path(films[0]).parent), "--out", str(tmp_path / "ray"), "--checkpoint", job.checkpoint, "--lung-checkpoint", job.lung_checkpoint]
+    argv = [
+        "analyze",
+        str(Path(films[0]).parent),
+        "--out",
+        str(tmp_path / "ray"),
+        "--checkpoint",
+        job.checkpoint,
+        "--lung-checkpoint",
+        job.lung_checkpoint,
+    ]
     assert cli_main([*argv, "--engine", "ray", "--workers", "2", "--batch-size", "1"]) == 0
     assert ray.is_initialized()  # a runtime the CLI did not start is left running
     text = (tmp_path / "local" / "results.jsonl").read_text()
@@ -110,30 +125,64 @@ def test_ray_and_local_engines_write_identical_outputs(ray_runtime, films, job, 
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     distributed = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert (distributed["engine"], distributed["workers"], distributed["threads_per_worker"]) == ("ray", 2, 1)
-    assert (local.ok, local.errors, local.analysed) == (distributed["ok"], distributed["errors"], distributed["analysed"]) == (3, 1, 4)
+    assert (
+        (local.ok, local.errors, local.analysed)
+        == (distributed["ok"], distributed["errors"], distributed["analysed"])
+        == (3, 1, 4)
+    )
 
 
 def test_cli_rows_equal_the_in_process_pipeline(films, checkpoint, tmp_path):
     out = tmp_path / "out"
     threads = torch.get_num_threads()
-    argv = ["analyze", films[0], "--out", str(out), "--checkpoint", str(checkpoint), "--lung-checkpoint", str(tmp_path / "none.json"), "--threads", str(threads)]
+    argv = [
+        "analyze",
+        films[0],
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--lung-checkpoint",
+        str(tmp_path / "none.json"),
+        "--threads",
+        str(threads),
+    ]
     assert cli_main(argv) == 0
     (row,) = jsonl(out)
-    expected = result_record(films[0], Pipeline(Classifier.load(checkpoint)).analyze(films[0], Options(occlusion="fast")))
+    expected = result_record(
+        films[0], Pipeline(Classifier.load(checkpoint)).analyze(films[0], Options(occlusion="fast"))
+    )
     assert row.pop("overlays") == ["0000_a_gradcam.png", "0000_a_occlusion.png"]
     assert row == json.loads(json.dumps(expected))
     assert row["agreement"] is not None and 0.0 <= row["probability"] <= 1.0
+    assert row["answer"] in (row["label"], "INCONCLUSIVE") and list(row) == [f for f in ROW_FIELDS if f != "overlays"]
+    assert row["answer"] == "INCONCLUSIVE" or not row["ood"]["flagged"]
+
+
+def test_cam_method_choices_are_listed_in_help(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["analyze", "--help"])
+    assert "--cam-method {gradcam,hirescam,gradcam++,layercam}" in capsys.readouterr().out
 
 
 def test_folders_and_manifests_expand_in_order(tmp_path):
     (tmp_path / "scans" / "deep").mkdir(parents=True)
-    for name in ("scans/b.png", "scans/a.DCM", "scans/deep/c.jpg", "scans/export", "scans/notes.txt", "scans/.hidden.png"):
+    for name in (
+        "scans/b.png",
+        "scans/a.DCM",
+        "scans/deep/c.jpg",
+        "scans/export",
+        "scans/notes.txt",
+        "scans/.hidden.png",
+    ):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "list.txt").write_text("# films\nx1.png\n\n  /abs/x2.dcm \n")
     (tmp_path / "list.csv").write_text("id,path\n1,y1.png\n2,scans/b.png\n")
     (tmp_path / "bare.csv").write_text("z1.png,NORMAL\n")
     scans = tmp_path / "scans"
-    expanded = expand_inputs([str(scans), str(tmp_path / "list.txt"), str(tmp_path / "list.csv"), str(tmp_path / "bare.csv"), "missing.png"])
+    expanded = expand_inputs(
+        [str(scans), str(tmp_path / "list.txt"), str(tmp_path / "list.csv"), str(tmp_path / "bare.csv"), "missing.png"]
+    )
     assert expanded == [
         str(scans / "a.DCM"),
         str(scans / "b.png"),
@@ -186,9 +235,21 @@ def test_a_crashing_file_is_one_error_row(films, job, checkpoint, tmp_path, monk
     rows = jsonl(tmp_path / "out")
     assert [row["ok"] for row in rows] == [True, False, False, True]
     assert rows[1]["error"] and not rows[1]["error"].startswith(INTERNAL_ERROR)  # the broken JPEG: the user's problem
-    assert rows[2] == {"input": films[2], "ok": False, "error": f"{INTERNAL_ERROR} (RuntimeError); please report it."}
+    assert rows[2] == error_record(films[2], f"{INTERNAL_ERROR} (RuntimeError); please report it.")
+    for row in rows:  # every documented field, in order, in error rows too
+        assert list(row) == list(ROW_FIELDS)
+    assert rows[1]["answer"] is None and rows[1]["label"] is None and rows[1]["similar"] == [] and rows[1]["disclaimer"]
     assert (summary.errors, summary.internal_errors) == (2, 1)
-    argv = ["analyze", films[2], "--out", str(tmp_path / "cli"), "--checkpoint", str(checkpoint), "--lung-checkpoint", job.lung_checkpoint]
+    argv = [
+        "analyze",
+        films[2],
+        "--out",
+        str(tmp_path / "cli"),
+        "--checkpoint",
+        str(checkpoint),
+        "--lung-checkpoint",
+        job.lung_checkpoint,
+    ]
     assert cli_main(argv) == 1
 
 
@@ -207,7 +268,19 @@ def test_parquet_holds_the_same_rows(films, job, tmp_path):
     out = tmp_path / "out"
     run(films, out, job, run_local)
     table = pq.read_table(out / "results.parquet").to_pylist()
-    nested = ("ood", "agreement", "anatomy", "overlays", "band_reasons", "member_probabilities", "member_views", "similar", "track_record", "boxes")
+    nested = (
+        "ood",
+        "agreement",
+        "anatomy",
+        "overlays",
+        "band_reasons",
+        "member_probabilities",
+        "member_views",
+        "prediction_set",
+        "similar",
+        "track_record",
+        "boxes",
+    )
     decoded = [{k: json.loads(v) if k in nested else v for k, v in row.items() if v is not None} for row in table]
     rows = jsonl(out)
     assert decoded == [{k: v for k, v in row.items() if v is not None} for row in rows]
@@ -217,21 +290,41 @@ def test_parquet_holds_the_same_rows(films, job, tmp_path):
 def test_summary_counts(job, tmp_path):
     anatomy = {"shortcut_warning": True}
     rows = [
-        {"input": "a", "ok": True, "ood": {"flagged": True, "reasons": ["odd"]}, "anatomy": None},
+        {
+            "input": "a",
+            "ok": True,
+            "answer": "INCONCLUSIVE",
+            "ood": {"flagged": True, "reasons": ["odd"]},
+            "anatomy": None,
+        },
         {"input": "b", "ok": True, "ood": {"flagged": False, "reasons": []}, "anatomy": anatomy},
         {"input": "c", "ok": True, "ood": {"flagged": True, "reasons": ["odd"]}, "anatomy": anatomy},
         {"input": "d", "ok": False, "error": f"{INTERNAL_ERROR} (KeyError); please report it."},
         {"input": "e", "ok": False, "error": "The file is empty (0 bytes)."},
     ]
     summary = summarize(rows, rows[2:], seconds=2.0, engine="ray", workers=2, threads=1)
-    assert (summary.inputs, summary.ok, summary.errors, summary.ood_flagged, summary.shortcut_warnings) == (5, 3, 2, 2, 2)
+    assert (summary.inputs, summary.ok, summary.errors, summary.ood_flagged, summary.shortcut_warnings) == (
+        5,
+        3,
+        2,
+        2,
+        2,
+    )
     assert (summary.analysed, summary.internal_errors, summary.films_per_second) == (3, 1, 1.5)
+    assert summary.inconclusive == 1 and "3 ok, 2 errors, 1 INCONCLUSIVE" in summary.describe()
+    assert "4 films: 3 ok, 1 error, 1 INCONCLUSIVE" in summarize(rows[:4], rows[:4], 1.0, "local", 1, 1).describe()
 
     def replay(job, items):
-        for index, path in items:
+        for index, _path in items:
             yield Outcome(index, rows[index])
 
     saved = run([row["input"] for row in rows], tmp_path, job, replay)
     assert json.loads((tmp_path / "summary.json").read_text()) == asdict(saved)
-    assert (saved.ok, saved.errors, saved.ood_flagged, saved.shortcut_warnings, saved.internal_errors) == (3, 2, 2, 2, 1)
+    assert (saved.ok, saved.errors, saved.ood_flagged, saved.shortcut_warnings, saved.internal_errors) == (
+        3,
+        2,
+        2,
+        2,
+        1,
+    )
     assert read_rows(tmp_path / "results.jsonl") == rows

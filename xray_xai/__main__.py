@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 from .batch import Job, expand_inputs, ray_engine, run, run_local, threads_per_worker
 from .calibration import OPERATING_POINTS
 from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .explain.cam import CAM_METHODS
 from .pipeline import Options
 
 
@@ -42,18 +43,28 @@ def ray_runtime(address: str | None) -> Iterator[float]:
 
 
 def analyze(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_xai analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, DICOM files, folders or .txt/.csv manifests of paths")
-    parser.add_argument("--out", required=True, help="output folder for results.jsonl, results.parquet, summary.json and overlays")
+    parser = argparse.ArgumentParser(
+        prog="python -m xray_xai analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="images, DICOM files, folders or .txt/.csv manifests of paths"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder for results.jsonl, results.parquet, summary.json and overlays"
+    )
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--lung-checkpoint", default=str(DEFAULT_LUNG_CHECKPOINT))
     parser.add_argument("--operating-point", default="balanced", choices=OPERATING_POINTS)
-    parser.add_argument("--cam-method", default="gradcam")
+    parser.add_argument("--cam-method", default="gradcam", choices=list(CAM_METHODS))
     parser.add_argument("--occlusion", default="fast", choices=["fast", "fine", "off"])
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
-    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local: in this process; ray: Ray workers")
+    parser.add_argument(
+        "--engine", default="local", choices=["local", "ray"], help="local: in this process; ray: Ray workers"
+    )
     parser.add_argument("--address", help="Ray cluster to join, e.g. HEAD_IP:6379 (default: start a local Ray runtime)")
-    parser.add_argument("--workers", type=int, help="Ray workers, each loading the pipeline once (default: one per CPU)")
+    parser.add_argument(
+        "--workers", type=int, help="Ray workers, each loading the pipeline once (default: one per CPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="films per Ray batch (default: 4)")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
     args = parser.parse_args(argv)

@@ -21,9 +21,9 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,16 +31,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import DISCLAIMER
+from .conformal import INCONCLUSIVE
 from .imaging import IMAGE_SUFFIXES, InputError
 from .pipeline import Options, Pipeline, Result
 from .report import band_reason_text
-from .ui.overlay import draw_result
 from .results import to_jsonable
+from .ui.overlay import draw_result
 
 MANIFEST_SUFFIXES = frozenset({".txt", ".csv"})
 MANIFEST_COLUMNS = ("path", "input", "file")  # a CSV column with one of these names holds the paths
 INTERNAL_ERROR = "Internal error while analysing this file"
 RESULTS, PARQUET, SUMMARY = "results.jsonl", "results.parquet", "summary.json"
+# Every row's fields, in order (docs/usage.md): an error row has them all, null where nothing was computed.
+ROW_FIELDS = (
+    "input", "ok", "error", "answer", "label", "probability", "band", "band_reasons", "uncertainty",
+    "member_probabilities", "member_views", "operating_point", "threshold", "prediction_set", "ood", "agreement",
+    "anatomy", "similar", "track_record", "boxes", "overlays", "report", "disclaimer",
+)  # fmt: skip
 
 Item = tuple[int, str]  # (position in the input list, path)
 
@@ -70,6 +77,7 @@ class Summary:
     inputs: int
     ok: int
     errors: int
+    inconclusive: int  # ok rows whose answer is INCONCLUSIVE
     ood_flagged: int
     shortcut_warnings: int
     analysed: int  # in this run; the others were already in results.jsonl
@@ -83,7 +91,8 @@ class Summary:
     def describe(self) -> str:
         """One line for people."""
         return (
-            f"{self.inputs} films: {self.ok} ok, {self.errors} errors, {self.ood_flagged} flagged out-of-distribution, "
+            f"{self.inputs} films: {self.ok} ok, {plural(self.errors, 'error')}, "
+            f"{self.inconclusive} INCONCLUSIVE, {self.ood_flagged} flagged out-of-distribution, "
             f"{self.shortcut_warnings} with a shortcut warning; {self.analysed} analysed in {self.seconds:.1f} s "
             f"({self.films_per_second:.2f} films/s, {self.engine}, {self.workers} x {self.threads_per_worker} threads)"
         )
@@ -131,24 +140,35 @@ def read_manifest(path: Path) -> list[str]:
 # Rows
 
 
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "error") -> "1 error"``, ``plural(2, "error") -> "2 errors"``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def result_record(path: str, result: Result) -> dict:
-    """The results.jsonl object for an analysed input."""
+    """The results.jsonl object for an analysed input (the fields of :data:`ROW_FIELDS` but
+    ``overlays``): ``answer`` is what to show (PNEUMONIA, NORMAL or INCONCLUSIVE), ``label`` the
+    thresholded label behind it; an image that is plainly not a radiograph has no label,
+    probability or band (null)."""
     analysis = result.analysis
     prediction = analysis.prediction
+    decided = not analysis.ood.not_radiograph
     return {
         "input": path,
         "ok": True,
         "error": None,
-        "label": prediction.label,
-        "probability": prediction.probability,
-        "band": prediction.band,
-        "band_reasons": [band_reason_text(r) for r in prediction.band_reasons],
+        "answer": prediction.answer,
+        "label": prediction.label if decided else None,
+        "probability": prediction.probability if decided else None,
+        "band": prediction.band if decided else None,
+        "band_reasons": [band_reason_text(r, analysis.cam_method) for r in prediction.band_reasons],
         "uncertainty": prediction.uncertainty,
         "member_probabilities": list(prediction.member_probabilities),
         "member_views": list(prediction.member_views),
         "operating_point": prediction.operating_point.name,
         "threshold": prediction.operating_point.threshold,
-        "ood": {"flagged": analysis.ood.flagged, "reasons": list(analysis.ood.reasons)},
+        "prediction_set": list(prediction.prediction_set),
+        "ood": to_jsonable(analysis.ood),
         "agreement": to_jsonable(analysis.agreement),
         "anatomy": to_jsonable(analysis.anatomy),
         "similar": to_jsonable(analysis.similar),
@@ -160,7 +180,18 @@ def result_record(path: str, result: Result) -> dict:
 
 
 def error_record(path: str, message: str) -> dict:
-    return {"input": path, "ok": False, "error": message}
+    """The row of an input that could not be analysed: every field of :data:`ROW_FIELDS`, null
+    (or empty) where nothing was computed, with the plain-language ``error``."""
+    empty = {"band_reasons": [], "member_probabilities": [], "member_views": [], "prediction_set": [], "similar": [],
+             "track_record": [], "boxes": [], "overlays": []}  # fmt: skip
+    return {
+        **dict.fromkeys(ROW_FIELDS),
+        **empty,
+        "input": path,
+        "ok": False,
+        "error": message,
+        "disclaimer": DISCLAIMER,
+    }
 
 
 def overlay_pngs(result: Result, stem: str) -> dict[str, bytes]:
@@ -190,11 +221,14 @@ class Analyzer:
         except Exception as error:  # a bug, not the user's fault: report it, keep going
             return Outcome(index, error_record(path, f"{INTERNAL_ERROR} ({type(error).__name__}); please report it."))
         images = overlay_pngs(result, f"{index:04d}_{Path(path).stem}") if self.job.overlays else {}
-        return Outcome(index, {**result_record(path, result), "overlays": list(images)}, images)
+        row = {**result_record(path, result), "overlays": list(images)}
+        return Outcome(index, {key: row[key] for key in ROW_FIELDS}, images)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data batch ``{"index", "path"}`` -> ``{"outcome"}`` (pickled :class:`Outcome`)."""
-        outcomes = [pickle.dumps(self.analyze(int(i), str(p))) for i, p in zip(batch["index"], batch["path"])]
+        outcomes = [
+            pickle.dumps(self.analyze(int(i), str(p))) for i, p in zip(batch["index"], batch["path"], strict=True)
+        ]
         return {"outcome": np.array(outcomes, dtype=object)}
 
 
@@ -283,13 +317,16 @@ def _flat(value):
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
-def summarize(rows: Sequence[dict], fresh: Sequence[dict], seconds: float, engine: str, workers: int, threads: int) -> Summary:
+def summarize(
+    rows: Sequence[dict], fresh: Sequence[dict], seconds: float, engine: str, workers: int, threads: int
+) -> Summary:
     """Counts over all rows, throughput over the rows analysed in this run."""
     ok = [row for row in rows if row["ok"]]
     return Summary(
         inputs=len(rows),
         ok=len(ok),
         errors=len(rows) - len(ok),
+        inconclusive=sum(row.get("answer") == INCONCLUSIVE for row in ok),
         ood_flagged=sum(row["ood"]["flagged"] for row in ok),
         shortcut_warnings=sum(bool(row["anatomy"] and row["anatomy"]["shortcut_warning"]) for row in ok),
         analysed=len(fresh),
@@ -302,7 +339,9 @@ def summarize(rows: Sequence[dict], fresh: Sequence[dict], seconds: float, engin
     )
 
 
-def run(inputs: Sequence[str], out: Path, job: Job, engine: Engine, engine_name: str = "local", workers: int = 1) -> Summary:
+def run(
+    inputs: Sequence[str], out: Path, job: Job, engine: Engine, engine_name: str = "local", workers: int = 1
+) -> Summary:
     """Analyse the inputs not yet in ``out/results.jsonl``, appending rows as they complete; then
     rewrite results.jsonl in input order, write results.parquet and summary.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +352,10 @@ def run(inputs: Sequence[str], out: Path, job: Job, engine: Engine, engine_name:
     todo = [(index, path) for index, path in enumerate(inputs) if path not in done]
     fresh: list[dict] = []
     start = time.perf_counter()
-    with open(results, "a") as sink, tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="analysing", unit="film", file=sys.stderr) as bar:
+    with (
+        open(results, "a") as sink,
+        tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="analysing", unit="film", file=sys.stderr) as bar,
+    ):
         for outcome in engine(job, todo):
             for name, png in outcome.images.items():
                 (out / name).write_bytes(png)
