@@ -163,6 +163,38 @@ def test_gallery_cuts_the_sprite_into_captioned_pairs(report_path):
     assert items[1][0].getpixel((64, 64))[0] == pytest.approx(40, abs=6)  # second row of the sprite, not the first
 
 
+def test_gallery_shows_the_most_confidently_wrong_first_whatever_the_sprite_order(report_path):
+    raw = json.loads(report_path.read_text())
+    raw["errors"]["films"] = [  # the sprite's rows: a false negative at P(normal) 0.8, then a false positive at 0.91
+        {"file": "PNEUMONIA/b.jpeg", "label": 1, "probability": 0.2, "band": "Moderate"},
+        {"file": "NORMAL/a.jpeg", "label": 0, "probability": 0.91, "band": "High"},
+    ]
+    report_path.write_text(json.dumps(raw))
+    items = gallery_items(ModelReport.load(report_path))
+    assert items[0][1].startswith("False positive · called PNEUMONIA with 91.0% · NORMAL/a.jpeg")
+    assert items[1][1].startswith("False negative · called NORMAL with 80.0% · PNEUMONIA/b.jpeg")
+    assert items[0][0].getpixel((64, 64))[0] == pytest.approx(40, abs=6)  # the sprite's second row goes with a.jpeg
+
+
+def test_the_artifact_keeps_the_most_confidently_wrong_films():
+    films = [
+        model_report.Film("fn_far", 1, 0.05, "High"),  # called NORMAL with 95%
+        model_report.Film("fp_near", 0, 0.80, "Moderate"),  # called PNEUMONIA with 80%, 0.06 above the threshold
+        model_report.Film("fp_sure", 0, 0.99, "High"),  # called PNEUMONIA with 99%
+        model_report.Film("right", 1, 0.9, "High"),
+    ]
+    assert [f.file for f in model_report.errors(films, 0.74, 2)] == ["fp_sure", "fn_far"]
+    assert [f.file for f in model_report.errors(films, 0.74, 5)] == ["fp_sure", "fn_far", "fp_near"]
+
+
+@pytest.mark.parametrize("prevalence", [0.0, 100.0, None, -3.0])
+def test_an_impossible_prevalence_gets_a_clear_message_not_an_error(report_path, prevalence):
+    table, note = explore(ModelReport.load(report_path), 0.5, prevalence)
+    assert "PPV and NPV need a prevalence between 0.1% and 99.9%" in note
+    assert set(table["PPV at your prevalence"]) == set(table["NPV at your prevalence"]) == {"n/a"}
+    assert table.loc[0, "Sensitivity"] == explore(ModelReport.load(report_path), 0.5, 10.0)[0].loc[0, "Sensitivity"]
+
+
 def _components(report_path, sha) -> list:
     with gr.Blocks() as demo:
         with gr.Tabs():

@@ -75,9 +75,11 @@ def split_record(films: list[Film]) -> dict[str, list]:
 
 
 def errors(films: list[Film], threshold: float, limit: int) -> list[Film]:
-    """Films called wrong at ``threshold``, the most confidently wrong first, at most ``limit``."""
+    """Films called wrong at ``threshold``, at most ``limit``, the most confidently wrong first:
+    by the calibrated probability of the wrong answer (P(pneumonia) for a false positive,
+    P(normal) for a false negative), not by the distance to the threshold."""
     wrong = [f for f in films if (f.probability >= threshold) != bool(f.label)]
-    return sorted(wrong, key=lambda f: -abs(f.probability - threshold))[:limit]
+    return sorted(wrong, key=lambda f: -(1.0 - f.probability if f.label else f.probability))[:limit]
 
 
 def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> Image.Image:

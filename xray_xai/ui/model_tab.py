@@ -106,14 +106,24 @@ def bands_table(report: ModelReport) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def explore(report: ModelReport, threshold: float, prevalence_percent: float) -> tuple[pd.DataFrame, str]:
-    """Sensitivity, specificity, and PPV/NPV at the user's prevalence, per split, at ``threshold``."""
-    prevalence = prevalence_percent / 100
-    at = f"at {prevalence_percent:g}%"
+def valid_prevalence(prevalence_percent: float | None) -> bool:
+    """Whether PPV and NPV can be computed: a prevalence strictly between 0% and 100%."""
+    return prevalence_percent is not None and 0 < prevalence_percent < 100
+
+
+def explore(report: ModelReport, threshold: float, prevalence_percent: float | None) -> tuple[pd.DataFrame, str]:
+    """Sensitivity, specificity, and PPV/NPV at the user's prevalence, per split, at ``threshold``.
+
+    A prevalence of 0% or 100% (or none) leaves PPV and NPV undefined: they show "n/a" and the
+    note says which values are accepted, instead of an error."""
+    valid = valid_prevalence(prevalence_percent)
+    at = f"at {prevalence_percent:g}%" if valid else "at your prevalence"
     rows = []
     for name, split in report.splits.items():
         rates = confusion_at(split.labels, split.probs, threshold)
-        ppv, npv = predictive_values(rates.sensitivity, rates.specificity, prevalence)
+        ppv, npv = (
+            predictive_values(rates.sensitivity, rates.specificity, prevalence_percent / 100) if valid else (None, None)
+        )
         rows.append(
             {
                 "Split": name,
@@ -124,26 +134,39 @@ def explore(report: ModelReport, threshold: float, prevalence_percent: float) ->
                 "Split's own prevalence": _percent(rates.prevalence),
             }
         )
+    if not valid:
+        entered = "no prevalence" if prevalence_percent is None else f"a prevalence of {prevalence_percent:g}%"
+        note = (
+            f"**PPV and NPV need a prevalence between 0.1% and 99.9%** ({entered} was entered: with no films of "
+            f"one class there is nothing to call right or wrong). Threshold p ≥ {threshold:.3f}. {PREVALENCE_HELP}"
+        )
+        return pd.DataFrame(rows), note
     note = f"Threshold p ≥ {threshold:.3f}; prevalence in your setting {prevalence_percent:g}%. {PREVALENCE_HELP}"
     return pd.DataFrame(rows), note
 
 
+def wrong_confidence(film: dict) -> float:
+    """The calibrated probability the model gave its wrong answer: P(pneumonia) for a false
+    positive, P(normal) for a false negative."""
+    return 1.0 - film["probability"] if film["label"] else film["probability"]
+
+
 def gallery_items(report: ModelReport) -> list[tuple[Image.Image, str]]:
-    """The error sprite cut into (film | Grad-CAM) pairs, each captioned with what went wrong."""
+    """The error sprite cut into (film | Grad-CAM) pairs, each captioned with what went wrong,
+    the most confidently wrong first (whatever order the sprite's rows are in)."""
     threshold = report.threshold("balanced")
+    rows = sorted(enumerate(report.errors), key=lambda item: -wrong_confidence(item[1]))
     with Image.open(report.sprite) as sheet:
         sheet.load()
         items = []
-        for row, film in enumerate(report.errors):
-            kind = "False negative" if film["label"] else "False positive"
+        for row, film in rows:
+            kind, wrong = ("False negative", "NORMAL") if film["label"] else ("False positive", "PNEUMONIA")
             tile = sheet.crop((0, row * report.tile, 2 * report.tile, (row + 1) * report.tile))
-            items.append(
-                (
-                    tile,
-                    f"{kind} · {film['file']} · P(pneumonia) {film['probability']:.3f} "
-                    f"(threshold {threshold:.3f}) · band {film['band']}",
-                )
+            caption = (
+                f"{kind} · called {wrong} with {percent(wrong_confidence(film))} · {film['file']} · "
+                f"P(pneumonia) {film['probability']:.3f} (threshold {threshold:.3f}) · band {film['band']}"
             )
+            items.append((tile, caption))
     return items
 
 
@@ -174,10 +197,8 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
         threshold = gr.Slider(
             0.0, 1.0, value=round(report.threshold("balanced"), 3), step=0.001, label="Threshold on P(pneumonia)"
         )
-        prevalence = gr.Number(
+        prevalence = gr.Number(  # no minimum: explore() explains an impossible value instead of an error
             DEFAULT_PREVALENCE_PERCENT,
-            minimum=0.1,
-            maximum=99.9,
             step=0.1,
             label="Prevalence of pneumonia in your setting (%)",
         )
