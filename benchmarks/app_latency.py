@@ -6,7 +6,8 @@ and full analysis (+ occlusion and agreement).
 Launches ``app.py`` on loopback with the committed checkpoint, then, for ``--runs`` analyses of
 the example radiographs, measures side by side:
 
-- **browser**: headless Chromium uploads the film, then times from the click on Analyse until
+- **browser**: headless Chromium uploads the film (which analyses it by itself) and, once that
+  analysis is whole, times from the click on Analyse (a re-run) until
   the Grad-CAM overlay has loaded and is shown (first answer) and until the agreement line and
   the occlusion overlay are shown (full), in the page's own clock;
 - **client**: gradio_client calls the streaming UI event and ``/predict``; time until each
@@ -86,7 +87,8 @@ def time_browser(url: str, paths: list[Path]) -> list[tuple[float, float]]:
                 arg=preview,
                 timeout=60_000,
             )
-            page.wait_for_load_state("networkidle")
+            # A new upload is analysed by itself: time Analyse only once that analysis is whole.
+            page.locator(f"#download a[download='{path.stem}_analysis.json']").wait_for(timeout=120_000)
             times.append(tuple(page.evaluate(BROWSER_RUN)))
         browser.close()
     return times
