@@ -17,8 +17,9 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gradio as gr
 import gradio.utils
@@ -122,8 +123,10 @@ def badge_html(prediction: Prediction, ood: OODResult | bool = OODResult(), cam_
     pneumonia, _ = probability_pair(prediction)
     if is_inconclusive(prediction):
         return (
-            f'<div class="answer-badge" style="background:{INCONCLUSIVE_COLOUR}">INCONCLUSIVE · the model cannot tell reliably</div>'
-            f'<div class="answer-why">P(pneumonia) {html.escape(pneumonia)}; why: {html.escape(answer_reason(prediction, ood))}.</div>'
+            f'<div class="answer-badge" style="background:{INCONCLUSIVE_COLOUR}">'
+            "INCONCLUSIVE · the model cannot tell reliably</div>"
+            f'<div class="answer-why">P(pneumonia) {html.escape(pneumonia)}; '
+            f"why: {html.escape(answer_reason(prediction, ood))}.</div>"
         )
     pair = probability_pair(prediction)
     confidence = pair[0] if prediction.label == "PNEUMONIA" else pair[1]
@@ -193,7 +196,8 @@ def agreement_markdown(agreement: Agreement | None, cam_method: str = "gradcam",
     return (
         f"**{cam} and occlusion {agreement.verdict}** "
         f"(Spearman {agreement.spearman:+.2f}, top-20% IoU {agreement.top20_iou:.2f}). Agreement compares the {cam} "
-        "and occlusion maps on the occlusion grid: Spearman rank correlation and overlap (IoU) of each map's top 20% cells."
+        "and occlusion maps on the occlusion grid: Spearman rank correlation and overlap (IoU) of each map's "
+        "top 20% cells."
     )
 
 
@@ -318,7 +322,7 @@ def gallery_value(result: Result) -> list[tuple[str, str]]:
     similar first; the similarity leads, so that a cut caption still shows it."""
     return [
         (write_image(thumbnail, display=True), f"{case.similarity:.2f} · {case.label} · {case.id}")
-        for case, thumbnail in zip(result.analysis.similar, result.thumbnails)
+        for case, thumbnail in zip(result.analysis.similar, result.thumbnails, strict=True)
     ]
 
 

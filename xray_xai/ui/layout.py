@@ -54,7 +54,8 @@ CSS = """
 .prob-title {font-weight: 600; margin-bottom: 4px;}
 .map-caption p {margin: 0; font-size: 0.85em;}
 /* Examples: a grid that wraps (no hidden side-scroller), captions under each thumbnail in full. */
-#examples .grid-wrap, #examples .grid-wrap.fixed-height {overflow: visible !important; height: auto !important; max-height: none !important;}
+#examples .grid-wrap, #examples .grid-wrap.fixed-height {overflow: visible !important; height: auto !important;
+                                                         max-height: none !important;}
 #examples .grid-container {padding-top: 0;}
 #examples label[data-testid="block-label"] {position: static; border-radius: 0;}
 #display {flex-wrap: wrap;}
@@ -63,7 +64,8 @@ CSS = """
 #examples .thumbnail-item {aspect-ratio: auto; height: auto; flex-direction: column; overflow: visible;}
 #examples .thumbnail-item img {aspect-ratio: 1 / 1; height: auto; width: 100%; object-fit: cover;}
 #examples .caption-label {position: static; max-width: 100%; width: 100%; text-align: center; border-radius: 0;
-                          font-size: 0.72rem; padding: 1px 0; white-space: nowrap; overflow: hidden; text-overflow: clip;}
+                          font-size: 0.72rem; padding: 1px 0; white-space: nowrap; overflow: hidden;
+                          text-overflow: clip;}
 #similar .caption-label {max-width: 100%;}
 """
 # Launch settings shared by ``python app.py`` and the tests.
@@ -140,7 +142,8 @@ def build_analyse_tab(handlers: Handlers) -> None:
                 )
             agreement = gr.Markdown(elem_id="agreement")
             similar = gr.Gallery(
-                label="Most similar training films (caption: similarity · dataset label · file; the model's feature space)",
+                label="Most similar training films (caption: similarity · dataset label · file; "
+                "the model's feature space)",
                 columns=6, height=200, interactive=False, elem_id="similar",
             )  # fmt: skip
             gr.Markdown(SIMILAR_ATTRIBUTION, elem_classes="band-help")
@@ -208,7 +211,8 @@ def build_analyse_tab(handlers: Handlers) -> None:
     )
     gallery.select(example_picker(examples), None, upload, **private)
     gr.on(
-        [opacity.change, outline.change, boxes.change], redraw, [state, opacity, outline, boxes], [gradcam, occlusion_view],
+        [opacity.change, outline.change, boxes.change], redraw,
+        [state, opacity, outline, boxes], [gradcam, occlusion_view],
         show_progress="hidden", **latest, **private,
     )  # fmt: skip
 
