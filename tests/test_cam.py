@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import timm
 import torch
 from test_occlusion import toy_case
 from torch import nn
@@ -48,6 +49,9 @@ def test_target_layer_is_last_block_of_last_stage(model):
     assert len(deep.layer4) > 1 and find_target_layer(deep) is deep.layer4[-1]
     with pytest.raises(CamError, match="layer4"):
         find_target_layer(nn.Sequential(nn.Conv2d(1, 1, 3)))
+    other = timm.create_model("mobilenetv3_small_050", pretrained=False, in_chans=1, num_classes=1)
+    stage = other.get_submodule(other.feature_info[-1]["module"])  # found through timm's feature_info
+    assert find_target_layer(other) is list(stage.children())[-1]
 
 
 def test_unknown_method_and_class(model, image):

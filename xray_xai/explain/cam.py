@@ -52,14 +52,20 @@ def cam_class(method: str) -> type:
 
 
 def find_target_layer(model: nn.Module) -> nn.Module:
-    """The last block of the last stage of a timm ResNet (``model.layer4[-1]``)."""
-    stage = getattr(model, "layer4", None)
-    if not isinstance(stage, nn.Sequential) or len(stage) == 0:
+    """The last block of a network's deepest feature stage: the stage timm's ``feature_info``
+    names (``layer4`` for a ResNet, also the name looked for without ``feature_info``)."""
+    info = getattr(model, "feature_info", None)
+    name = info[-1]["module"] if isinstance(info, list) and info else "layer4"
+    try:
+        blocks = list(model.get_submodule(name).children())
+    except AttributeError:
+        blocks = []
+    if not blocks:
         raise CamError(
-            f"Cannot find a target layer in {type(model).__name__}: expected a timm ResNet with a "
-            "non-empty 'layer4' stage. Pass target_layer explicitly."
+            f"Cannot find a target layer in {type(model).__name__}: expected a timm network with a "
+            f"non-empty '{name}' stage. Pass target_layer explicitly."
         )
-    return stage[-1]
+    return blocks[-1]
 
 
 def compute_cam(
@@ -93,7 +99,9 @@ def compute_cam(
             raise CamError("target_layer is not a submodule of the model")
         x = x.detach().clone().requires_grad_(True)  # a normal tensor even if x is an inference tensor
         heat = None
-        target = importlib.import_module("pytorch_grad_cam.utils.model_targets").BinaryClassifierOutputTarget(target_class)
+        target = importlib.import_module("pytorch_grad_cam.utils.model_targets").BinaryClassifierOutputTarget(
+            target_class
+        )
         with method_class(model=private, target_layers=[copies[id(layer)] for layer in layers]) as cam:
             heat = cam(input_tensor=x, targets=[target])
     if heat is None:  # the package's __exit__ swallows IndexError
