@@ -105,7 +105,7 @@ def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
     assert good["ok"] and good["error"] is None
     for key in ("label", "probability", "band", "operating_point", "threshold", "ood", "agreement", "report", "anatomy", "similar", "track_record", "boxes"):
         assert key in good
-    assert set(good["ood"]) == {"flagged", "reasons"}
+    assert set(good["ood"]) == {"flagged", "reasons", "distance", "threshold", "not_radiograph"}  # the app's JSON
     assert all((out / name).is_file() for name in good["overlays"])
     assert not broken["ok"] and broken["error"] and "Traceback" not in broken["error"]
 
