@@ -1,7 +1,8 @@
 """One analysis pipeline for the app, the API and the CLI.
 
 ``first_pass`` answers fast (decode, prediction, OOD check, lung segmentation, Grad-CAM);
-``complete`` adds the slow part (occlusion, agreement, anatomy for both maps, final report).
+``complete`` adds the slow part (occlusion of the whole ensemble, agreement, anatomy for both
+maps, final report).
 The app streams the first result, then the complete one; the CLI calls ``analyze``.
 """
 
@@ -9,35 +10,41 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
 from .explain.agreement import agreement
 from .explain.anatomy import analyze_anatomy
 from .explain.cam import CAM_METHODS, compute_cam
-from .models.classifier import Classifier, lower_band
 from .explain.evidence import evidence_boxes, zone_regions
-from .models.framing import framing_box
+from .explain.occlusion import occlusion_map
 from .imaging import InputError, LoadedImage, load_image
-from .models.lungs import LungMask, LungSegmenter
-from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
-from .explain.occlusion import occlusion_map
+from .models.classifier import Classifier, lower_band
+from .models.framing import framing_box
+from .models.lungs import LungMask, LungSegmenter
 from .models.ood import assess_ood
+from .models.similar import DEFAULT_INDEX, SimilarIndex, load_matching
 from .report import build_report
 from .results import Analysis, Anatomy, BandReason, Prediction, Region, to_jsonable
-from .models.similar import DEFAULT_INDEX, SimilarIndex, load_matching
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
-OCCLUSION_PRESETS: dict[str, dict[str, int]] = {"fast": {"window": 48, "stride": 24}, "fine": {"window": 16, "stride": 8}}
+OCCLUSION_PRESETS: dict[str, dict[str, int]] = {
+    "fast": {"window": 48, "stride": 24},
+    "fine": {"window": 16, "stride": 8},
+}
+OCCLUSION_BATCH = 64  # occluded copies per forward pass (the compiled networks run faster per film in larger batches)
 EXPLAIN_TARGETS = ("predicted", "pneumonia")
-DISPLAY_MAX_SIDE = 640  # overlays are drawn on the upload, downscaled to at most this size (PNG encoding dominates latency)
+DISPLAY_MAX_SIDE = (
+    640  # overlays are drawn on the upload, downscaled to at most this size (PNG encoding dominates latency)
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class Options:
     occlusion: str = "fast"  # a key of OCCLUSION_PRESETS, or "off"
     lung_focus: bool = True  # occlude only around the lungs when segmentation is plausible
 
-    def validate(self) -> "Options":
+    def validate(self) -> Options:
         if self.cam_method not in CAM_METHODS:
             raise InputError(f"Unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}.")
         if self.explain not in EXPLAIN_TARGETS:
@@ -69,7 +76,9 @@ class Result:
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (S, S) in [0, 1]
     lung: LungMask | None = None
     model_input: torch.Tensor | None = field(default=None, repr=False)
-    upload_shape: tuple[int, int] | None = None  # (H, W) of the upload, the frame of the evidence boxes; None: ``pixels``' shape
+    upload_shape: tuple[int, int] | None = (
+        None  # (H, W) of the upload, the frame of the evidence boxes; None: ``pixels``' shape
+    )
     thumbnails: tuple[np.ndarray, ...] = field(default=(), repr=False)  # uint8 grayscale, one per ``analysis.similar``
 
     def to_json(self) -> dict:
@@ -111,7 +120,7 @@ class Pipeline:
         lung_checkpoint: str | Path | None = DEFAULT_LUNG_CHECKPOINT,
         similar_index: str | Path | None = DEFAULT_INDEX,
         model_report: str | Path | None = DEFAULT_REPORT,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load the classifier and, when their files exist, the lung segmenter, the similar-case
         index and the model report (each of the last two ignored, with a logged warning, when it
         was built with other classifier weights)."""
@@ -119,6 +128,7 @@ class Pipeline:
         if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
             segmenter = LungSegmenter.load(lung_checkpoint)
         classifier = Classifier.load(checkpoint, segmenter=segmenter)  # lung-box members share it
+        segmenter = classifier.lung_segmenter(segmenter)  # its compiled copy, when the classifier serves one
         similar = load_matching(similar_index, classifier.card.sha256) if similar_index is not None else None
         report = load_report(model_report, classifier.card.sha256) if model_report is not None else None
         return cls(classifier, segmenter, similar, report)
@@ -135,8 +145,14 @@ class Pipeline:
         )
         # A film that is plainly not a radiograph gets no similar films and no track record: only the reason.
         similar = self.similar.search(scores.features[0]) if self.similar is not None and not ood.not_radiograph else ()
-        record = track_record(self.model_report, prediction) if self.model_report is not None and not ood.not_radiograph else ()
-        analysis = Analysis(prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar, track_record=record)
+        record = (
+            track_record(self.model_report, prediction)
+            if self.model_report is not None and not ood.not_radiograph
+            else ()
+        )
+        analysis = Analysis(
+            prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar, track_record=record
+        )
         return Scored(image, prediction, analysis, x)
 
     def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:
@@ -146,7 +162,14 @@ class Pipeline:
         image, prediction, analysis, x = scored.image, scored.prediction, scored.analysis, scored.model_input
         if analysis.ood.not_radiograph:  # no heatmaps of something that is not a chest radiograph
             analysis = replace(analysis, cam_method=options.cam_method)
-            return Result(replace(analysis, report=build_report(analysis)), display_pixels(image.pixels), {}, None, x, image.pixels.shape)
+            return Result(
+                replace(analysis, report=build_report(analysis)),
+                display_pixels(image.pixels),
+                {},
+                None,
+                x,
+                image.pixels.shape,
+            )
         target = self._target_class(prediction, options)
         cam = compute_cam(self.classifier.explainer, x, method=options.cam_method, target_class=target)
         lung = self.segmenter.segment(image.pixels) if self.segmenter is not None else None
@@ -159,25 +182,33 @@ class Pipeline:
             anatomy=analyze_anatomy(maps, lung, self.shortcut_threshold),
             boxes=evidence_boxes(cam, "gradcam", image.pixels.shape, zone_regions(lung, cam.shape)),
         )
-        analysis = replace(analysis, prediction=evidence_checked(analysis.prediction, analysis.anatomy, self.shortcut_threshold))
+        analysis = replace(
+            analysis, prediction=evidence_checked(analysis.prediction, analysis.anatomy, self.shortcut_threshold)
+        )
         analysis = replace(analysis, report=build_report(analysis))
-        thumbnails = tuple(self.similar.thumbnail(case.id) for case in analysis.similar) if self.similar is not None else ()
+        thumbnails = (
+            tuple(self.similar.thumbnail(case.id) for case in analysis.similar) if self.similar is not None else ()
+        )
         return Result(analysis, display_pixels(image.pixels), maps, lung, x, image.pixels.shape, thumbnails)
 
-    def complete(self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None) -> Result:
+    def complete(
+        self, result: Result, options: Options = Options(), progress: Callable[[int, int], None] | None = None
+    ) -> Result:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
         if options.occlusion == "off" or not result.maps:
             return result
         target = self.classifier.card.classes.index(result.analysis.explained_class)
         region = occlusion_region(result.lung) if options.lung_focus else None
-        occ = occlusion_map(
-            self.classifier.explainer,
+        occ = occlusion_map(  # the whole ensemble: the map explains the probability the user is shown
+            self.classifier.model,
             result.model_input,
             **OCCLUSION_PRESETS[options.occlusion],
             target_class=target,
             temperature=self.classifier.card.temperature,
             region=region,
             progress=progress,
+            served=self.classifier.serving,
+            batch_size=OCCLUSION_BATCH,
         )
         support = np.clip(occ.map, 0, None)
         occ_display = support / support.max() if support.max() > 0 else support
@@ -189,7 +220,8 @@ class Pipeline:
             prediction=evidence_checked(result.analysis.prediction, anatomy, self.shortcut_threshold),
             agreement=agreement(result.maps["gradcam"], occ.map, occ.grid.shape, region=occ.region),
             anatomy=anatomy,
-            boxes=result.analysis.boxes + evidence_boxes(maps["occlusion"], "occlusion", frame, zone_regions(result.lung, occ_display.shape)),
+            boxes=result.analysis.boxes
+            + evidence_boxes(maps["occlusion"], "occlusion", frame, zone_regions(result.lung, occ_display.shape)),
         )
         analysis = replace(analysis, report=build_report(analysis))
         return replace(result, analysis=analysis, maps=maps)
@@ -219,7 +251,14 @@ def evidence_checked(prediction: Prediction, anatomy: Anatomy | None, limits: di
     shares = anatomy.outside_lung_share if anatomy is not None and anatomy.segmentation_ok else {}
     method = next((m for m in ("occlusion", "gradcam") if m in shares and m in limits), None)
     if method is not None and shares[method] > limits[method] and lower_band(band) != band:
-        step = BandReason("evidence_outside_lungs", band, lower_band(band), method=method, share=float(shares[method]), limit=float(limits[method]))
+        step = BandReason(
+            "evidence_outside_lungs",
+            band,
+            lower_band(band),
+            method=method,
+            share=float(shares[method]),
+            limit=float(limits[method]),
+        )
         return replace(prediction, band=step.to_band, band_reasons=(*reasons, step))
     return replace(prediction, band=band, band_reasons=reasons)
 
@@ -249,4 +288,3 @@ def display_pixels(pixels: np.ndarray) -> np.ndarray:
         return pixels
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-

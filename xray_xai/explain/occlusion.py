@@ -6,8 +6,9 @@ hang over the edge and is then cut off); its pixels are replaced by a baseline a
 the calibrated probability of the target class is recorded. Each pixel gets the mean drop of
 the windows covering it, so positive values mark regions that support the answer.
 
-The maps are exact (equal to a one-window-at-a-time loop); the work is done by the incremental
-inference engine of :mod:`xray_xai.explain._occlusion_engine`.
+The maps are exact (equal to a one-window-at-a-time loop up to float rounding); the work is done
+by the engines of :mod:`xray_xai.explain._occlusion_engine` (incremental inference, lung-box
+members framed per occluded copy, full passes through the served runtime).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from ._occlusion_engine import Engine
 from ..models.ensemble import members
 from ..results import Region
+from ._occlusion_engine import engines
 
 BASELINES = ("blur", "mean", "zero")
 # Gaussian sigma of the "blur" baseline as a fraction of the input size (16 px at 224 px).
@@ -91,12 +92,15 @@ def occlusion_map(
     region: Region | None = None,
     incremental: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    served: nn.Module | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of a single-logit classifier on a normalised ``(1, 1, S, S)`` input.
 
-    An :class:`~xray_xai.models.ensemble.Ensemble` is occluded member by member (each with its own
-    incremental engine) and the members' logits are averaged before the calibrated probability
-    is taken, so the map explains exactly the ensemble's reported probability.
+    An :class:`~xray_xai.models.ensemble.Ensemble` is occluded member by member (a whole-film
+    member with its own incremental engine; lung-box members each copy segmented and cropped as
+    their framer does) and the members' logits are averaged before the calibrated probability
+    is taken, so the map explains exactly the ensemble's reported probability. ``served``: the
+    same networks compiled (``Classifier.serving``), which run the full forward passes.
 
     ``target_class`` 1 explains PNEUMONIA (the sigmoid of ``logit / temperature``), 0 NORMAL.
     ``region`` keeps only the windows that overlap the box; inside it the map equals the
@@ -106,12 +110,15 @@ def occlusion_map(
     """
     rows, cols = _positions(x, window, stride, region)
     base = make_baseline(x, baseline)
-    engines = [Engine.build(member, incremental) for member in members(model)]
+    parts = engines(model, served, incremental)
+    total = len(members(model))
     clean_logit, logits = 0.0, np.zeros((len(rows), len(cols)))
     with torch.inference_mode():
-        for k, engine in enumerate(engines):
-            member_clean, member_logits = engine.logits(x, base, rows, cols, window, batch_size, _part(progress, k, len(engines)))
-            clean_logit, logits = clean_logit + member_clean / len(engines), logits + member_logits / len(engines)
+        for k, engine in enumerate(parts):
+            part_clean, part_logits = engine.logits(
+                x, base, rows, cols, window, batch_size, _part(progress, k, len(parts))
+            )
+            clean_logit, logits = clean_logit + part_clean.sum() / total, logits + part_logits.sum(axis=0) / total
     clean = _target_probability(torch.tensor([clean_logit]), target_class, temperature)[0]
     drops = clean - _target_probability(torch.from_numpy(logits), target_class, temperature).reshape(logits.shape)
     return _result(drops, clean, rows, cols, x, window, stride, baseline, target_class, region)

@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ensemble import Ensemble
-from .framing import is_framed, member_views
+from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard
 from ..conformal import INCONCLUSIVE, ConformalThresholds, prediction_set
 from ..imaging import InputError
-from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard
-from .factory import load_checkpoint
-from .features import penultimate_features
-from .ood import mahalanobis
 from ..preprocess import preprocess
 from ..results import BANDS, BandReason, MapsSource, OperatingPoint, Prediction, confidence_band
+from . import runtime
+from .ensemble import Ensemble
+from .factory import load_checkpoint
+from .features import penultimate_features
+from .framing import is_framed, member_views
+from .lungs import LungSegmenter
+from .ood import mahalanobis
 
 
 class UnknownOperatingPoint(InputError):
@@ -59,11 +61,16 @@ def explaining_model(model: torch.nn.Module, chosen: Sequence[int] | None) -> to
         explainer = model
     else:
         if not chosen or any(not 0 <= int(i) < len(model.members) for i in chosen):
-            raise CheckpointError(f"explanations.members {list(chosen)} must name members 0 to {len(model.members) - 1}.")
+            raise CheckpointError(
+                f"explanations.members {list(chosen)} must name members 0 to {len(model.members) - 1}."
+            )
         picked = [model.members[int(i)] for i in chosen]
         explainer = picked[0] if len(picked) == 1 else Ensemble(picked)
     if is_framed(explainer):
-        raise CheckpointError("The maps must come from whole-film networks: a lung-box member's maps are in its crop's frame, not the film's.")
+        raise CheckpointError(
+            "The maps must come from whole-film networks: "
+            "a lung-box member's maps are in its crop's frame, not the film's."
+        )
     return explainer
 
 
@@ -81,7 +88,9 @@ class Classifier:
     """A single-logit pneumonia classifier with its model card.
 
     ``model`` maps a normalised ``(N, 1, S, S)`` batch to ``(N, 1)`` logits of PNEUMONIA;
-    probabilities are calibrated with the card's temperature.
+    probabilities are calibrated with the card's temperature. ``model`` stays the torch network
+    (Grad-CAM needs its gradients); ``serving`` is what scores: the same networks compiled by the
+    runtime the card's ``runtime`` names (:func:`xray_xai.models.runtime.serve`), else ``model``.
     """
 
     model: torch.nn.Module
@@ -91,13 +100,28 @@ class Classifier:
     # The network whose Grad-CAM and occlusion maps the app shows, and which members it is.
     explainer: torch.nn.Module = field(init=False, repr=False)
     maps_source: MapsSource | None = field(init=False)
+    serving: torch.nn.Module = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.explainer = explaining_model(self.model, self.card.explanations.get("members"))
         self.maps_source = maps_source(self.model, self.card.explanations.get("members"))
+        self.serving = runtime.serve(self.model, self.card)
+
+    @property
+    def served_runtime(self) -> str:
+        """What scores the films, e.g. "OpenVINO 2026.0 f32" or "PyTorch 2.x fp32"."""
+        return runtime.describe(self.serving)
+
+    def lung_segmenter(self, segmenter: LungSegmenter | None) -> LungSegmenter | None:
+        """The served (compiled) copy of ``segmenter`` when the classifier frames with the same
+        weights through its runtime, else ``segmenter``: one compiled U-Net for framing and display."""
+        served = runtime.served_segmenter(self.serving)
+        if segmenter is None or served is None or served.card.sha256 != segmenter.card.sha256:
+            return segmenter
+        return served
 
     @classmethod
-    def load(cls, card_path: str | Path = DEFAULT_CHECKPOINT, segmenter=None) -> "Classifier":
+    def load(cls, card_path: str | Path = DEFAULT_CHECKPOINT, segmenter=None) -> Classifier:
         """Load a checkpoint; ``segmenter``, if given, is shared with any lung-box members."""
         model, card, extras = load_checkpoint(card_path, segmenter=segmenter)
         mean, precision = extras.get("ood_mean"), extras.get("ood_precision")
@@ -124,17 +148,17 @@ class Classifier:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated P(pneumonia) for a normalised ``(N, 1, S, S)`` batch."""
-        return self.calibrate(self.model(batch).reshape(-1)).double().numpy()
+        return self.calibrate(self.serving(batch).reshape(-1)).double().numpy()
 
     @torch.inference_mode()
     def score(self, batch: torch.Tensor) -> Scores:
         """Calibrated probabilities (the ensemble's and each member's), features and their
         Mahalanobis distance, all from one forward pass."""
-        features = penultimate_features(self.model, batch)
-        if isinstance(self.model, Ensemble):
-            member_logits = self.model.member_logits_from_features(features)
+        features = penultimate_features(self.serving, batch)
+        if isinstance(self.serving, Ensemble):
+            member_logits = self.serving.member_logits_from_features(features)
         else:
-            member_logits = self.model.get_classifier()(features).reshape(-1, 1)
+            member_logits = self.serving.get_classifier()(features).reshape(-1, 1)
         logits = member_logits.mean(dim=1)  # the ensemble's logit: the mean of its members'
         feature_array = features.double().numpy()
         distance = None
@@ -179,10 +203,17 @@ class Classifier:
         if spread is not None and limit is not None and spread > limit:
             lowered = lower_band(band)
             if lowered != band:
-                reasons.append(BandReason(
-                    "members_disagree", band, lowered, low=float(min(member_probabilities)), high=float(max(member_probabilities)),
-                    members=len(member_probabilities), quantile=float(self.card.uncertainty.get("quantile", 0.95)),
-                ))
+                reasons.append(
+                    BandReason(
+                        "members_disagree",
+                        band,
+                        lowered,
+                        low=float(min(member_probabilities)),
+                        high=float(max(member_probabilities)),
+                        members=len(member_probabilities),
+                        quantile=float(self.card.uncertainty.get("quantile", 0.95)),
+                    )
+                )
                 band = lowered
         if unusual and band != "Low":
             reasons.append(BandReason("unusual_input", band, "Low"))
@@ -204,7 +235,8 @@ class Classifier:
         )
 
     def prediction_set(self, probability: float) -> tuple[str, ...]:
-        """The conformal prediction set of a calibrated P(pneumonia), in class order (() without thresholds in the card)."""
+        """The conformal prediction set of a calibrated P(pneumonia), in class order
+        (() without thresholds in the card)."""
         if not self.card.conformal:
             return ()
         labels = prediction_set(probability, ConformalThresholds.from_dict(self.card.conformal))

@@ -421,6 +421,31 @@ def serve(model: nn.Module, card, segmenter: LungSegmenter | None = None) -> nn.
         return model
 
 
+def compiled_nets(model: nn.Module) -> list[CompiledNet]:
+    """The compiled networks inside a served model (none when it is served by torch)."""
+    found = [m for m in model.modules() if isinstance(m, CompiledNet)]
+    for member in model.modules():
+        if isinstance(member, LungBoxFramed) and isinstance(member.segmenter.model, CompiledNet):
+            found.append(member.segmenter.model)
+    return found
+
+
+def describe(model: nn.Module) -> str:
+    """The runtime serving ``model``, for a report: "OpenVINO 2026.4.1 f32" or "PyTorch 2.x fp32"."""
+    precisions = sorted({net.precision for net in compiled_nets(model)})
+    if precisions:
+        return f"OpenVINO {version()} {'/'.join(precisions)}"
+    return f"PyTorch {torch.__version__.split('+')[0]} fp32"
+
+
+def served_segmenter(model: nn.Module) -> LungSegmenter | None:
+    """The compiled lung segmenter that frames the lung-box members of a served model, if any."""
+    for member in model.modules():
+        if isinstance(member, LungBoxFramed) and isinstance(member.segmenter.model, CompiledNet):
+            return member.segmenter
+    return None
+
+
 def warm_cache(card_path: str | Path | None = None, precisions: Sequence[str] = PRECISIONS) -> dict[str, float]:
     """Convert and compile a checkpoint's networks into the cache (e.g. while building an image, so
     the first start of the app reads them back instead of converting); seconds per precision."""
