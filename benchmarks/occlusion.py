@@ -1,19 +1,27 @@
-"""Occlusion speed and exactness: ours vs Captum's ``Occlusion`` vs a naive loop, side by side.
+"""Occlusion on the app's path against Captum's ``Occlusion`` and the PyTorch fp32 path, side by side.
 
-    python benchmarks/occlusion.py [--checkpoint checkpoints/classifier.json] [--repeats 3]
+    python benchmarks/occlusion.py [--checkpoint checkpoints/classifier.json] [--repeats 1]
 
-Uses 2 torch threads and the committed classifier (a random resnet18 at 224 px when the
-checkpoint is missing: it says so). The methods run interleaved within each repeat and the
-medians are reported, so background load affects them alike. Also times the app's occlusion
-presets (``xray_xai.pipeline.OCCLUSION_PRESETS``) on the full image and restricted to a
-typical lung box. The last stdout line is one JSON object; ratios are their time / ours at
-window 16, stride 8.
+All three explain the same model, the whole ensemble the app serves (lung-box members included:
+every occluded copy is segmented and cropped), with the blur baseline and 2 threads:
+  - ``app``: ``occlusion_map(model, x, served=Classifier.serving)``, as ``Pipeline.complete`` calls
+    it (incremental engines, batched segmentation, full passes through the card's runtime);
+  - ``torch``: the same engines with every network in PyTorch fp32 (``served=None``);
+  - ``captum``: ``captum.attr.Occlusion`` on the torch ensemble's calibrated probability, 32 copies
+    per forward pass.
+They run interleaved within each repeat (medians reported), so background load hits them alike;
+check ``uptime`` first: timings from a busy machine are provisional. Then the app's presets
+(``xray_xai.pipeline.OCCLUSION_PRESETS``) are timed on the app's path, on the whole film and in a
+typical lung box (the app's lung focus). Last stdout line: one JSON object with ``vs_captum`` and
+``vs_torch`` (their time / the app's at window 16, stride 8), ``max_abs_diff`` (largest |app - other|
+over the maps), ``fast_preset_s`` and ``fine_preset_s`` (lung focus, as the app runs them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,49 +31,21 @@ import torch
 from captum.attr import Occlusion
 
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT
-from xray_xai.explain.occlusion import make_baseline, occlusion_map, occlusion_map_naive
+from xray_xai.explain.occlusion import make_baseline, occlusion_map
 from xray_xai.imaging import load_image
 from xray_xai.models.classifier import Classifier
-from xray_xai.models.factory import create_model
-from xray_xai.pipeline import OCCLUSION_PRESETS
-from xray_xai.preprocess import preprocess
+from xray_xai.pipeline import OCCLUSION_BATCH, OCCLUSION_PRESETS
 
-CONFIGS = ((32, 16), (16, 8))
-BATCH = 32
-LUNG_BOX = (
-    20,
-    200,
-    15,
-    210,
-)  # rows 20-200, cols 15-210 of a 224-px input: a typical lung box
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "PNEUMONIA"  # full-resolution val images
+WINDOW, STRIDE = 16, 8
+CAPTUM_BATCH = 32
+LUNG_BOX = (20, 200, 15, 210)  # rows 20-200, cols 15-210 of a 224-px input: a typical lung box
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "PNEUMONIA"
 
 
-def load(checkpoint: Path):
-    """(model, temperature, input, description)."""
-    if checkpoint.is_file():
-        classifier = Classifier.load(checkpoint)
-        model, card = classifier.model, classifier.card
-        temperature, size, mean, std = (
-            card.temperature,
-            card.input_size,
-            card.mean,
-            card.std,
-        )
-        described = f"{checkpoint.name}: {card.arch} at {size} px"
-    else:
-        torch.manual_seed(0)
-        model = create_model("resnet18").eval().to(memory_format=torch.channels_last)
-        temperature, size, mean, std = 1.0, 224, 0.5, 0.25
-        described = f"NO CHECKPOINT at {checkpoint}: random resnet18 at 224 px"
-    image = sorted(EXAMPLES.glob("*.jpeg"))[0]
-    described += f", image {image.name}"
-    x = torch.from_numpy(preprocess(load_image(image).pixels, size, mean, std))[None, None]
-    return model, temperature, x, described
+def captum_map(model: torch.nn.Module, x: torch.Tensor, window: int, stride: int, temperature: float) -> np.ndarray:
+    """Captum's occlusion of the calibrated P(pneumonia) (its map: the mean drop per pixel)."""
 
-
-def captum_map(model, x, window, stride, temperature):
-    def probability(batch):
+    def probability(batch: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(batch).reshape(-1) / temperature)
 
     with torch.inference_mode():
@@ -74,7 +54,7 @@ def captum_map(model, x, window, stride, temperature):
             sliding_window_shapes=(1, window, window),
             strides=(1, stride, stride),
             baselines=make_baseline(x, "blur"),
-            perturbations_per_eval=BATCH,
+            perturbations_per_eval=CAPTUM_BATCH,
         )
     return attribution[0, 0].numpy()
 
@@ -88,93 +68,93 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, temperature, x, described = load(args.checkpoint)
-    print(f"model: {described}; torch threads: {torch.get_num_threads()}; batch {BATCH}; repeats {args.repeats}")
-
-    common = {"baseline": "blur", "temperature": temperature}
+    classifier = Classifier.load(args.checkpoint)
+    model, temperature = classifier.model, classifier.card.temperature
+    image = sorted(EXAMPLES.glob("*.jpeg"))[0]
+    x = classifier.prepare(load_image(image).pixels)
+    print(
+        f"model: {args.checkpoint.name} ({classifier.card.arch} x {classifier.card.members}), image {image.name}; "
+        f"served by {classifier.served_runtime}; 2 threads; load average {os.getloadavg()[0]:.2f} "
+        "(provisional unless the machine is idle)",
+        flush=True,
+    )
+    common = {"window": WINDOW, "stride": STRIDE, "temperature": temperature}
     methods = {
-        "ours": lambda w, s: occlusion_map(model, x, window=w, stride=s, batch_size=BATCH, **common).map,
-        "batched": lambda w, s: (
-            occlusion_map(
-                model,
-                x,
-                window=w,
-                stride=s,
-                batch_size=BATCH,
-                incremental=False,
-                **common,
-            ).map
-        ),
-        "captum": lambda w, s: captum_map(model, x, w, s, temperature),
-        "naive": lambda w, s: occlusion_map_naive(model, x, window=w, stride=s, **common).map,
+        "app": lambda: occlusion_map(model, x, served=classifier.serving, batch_size=OCCLUSION_BATCH, **common).map,
+        "torch": lambda: occlusion_map(model, x, batch_size=OCCLUSION_BATCH, **common).map,
+        "captum": lambda: captum_map(model, x, WINDOW, STRIDE, temperature),
     }
-    times = {name: {f"{w}/{s}": [] for w, s in CONFIGS} for name in methods}
+    occlusion_map(model, x, window=112, stride=112, served=classifier.serving)  # warm-up (BatchNorm folding)
+    times: dict[str, list[float]] = {name: [] for name in methods}
     max_abs_diff = 0.0
-    occlusion_map(model, x, window=64, stride=64)  # warm-up
     for _ in range(args.repeats):
-        for w, s in CONFIGS:
-            maps = {}
-            for name, fn in methods.items():
-                seconds, maps[name] = timed(lambda fn=fn, w=w, s=s: fn(w, s))
-                times[name][f"{w}/{s}"].append(seconds)
-            max_abs_diff = max(
-                max_abs_diff,
-                *(float(np.abs(maps["ours"] - maps[n]).max()) for n in methods),
-            )
-    medians = {name: {k: statistics.median(v) for k, v in per.items()} for name, per in times.items()}
-    for w, s in CONFIGS:
-        key = f"{w}/{s}"
-        ours = medians["ours"][key]
-        print(
-            f"window/stride {key}: ours {ours:.2f} s | full-network batched {medians['batched'][key]:.2f} s "
-            f"({medians['batched'][key] / ours:.2f}x) | captum {medians['captum'][key]:.2f} s "
-            f"({medians['captum'][key] / ours:.2f}x) | naive {medians['naive'][key]:.2f} s "
-            f"({medians['naive'][key] / ours:.2f}x)"
-        )
-    print(f"max |ours - other| over all maps: {max_abs_diff:.2e}")
-
-    app = {}
+        maps = {}
+        for name, fn in methods.items():
+            seconds, maps[name] = timed(fn)
+            times[name].append(seconds)
+            print(f"  {name} {WINDOW}/{STRIDE}: {seconds:.2f} s", flush=True)
+        max_abs_diff = max(max_abs_diff, *(float(np.abs(maps["app"] - maps[n]).max()) for n in methods))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    app = medians["app"]
+    print(
+        f"window/stride {WINDOW}/{STRIDE}, whole film: app {app:.2f} s | torch fp32 {medians['torch']:.2f} s "
+        f"({medians['torch'] / app:.2f}x) | captum {medians['captum']:.2f} s ({medians['captum'] / app:.2f}x); "
+        f"max |app - other| {max_abs_diff:.1e}"
+    )
+    presets = {}
     for name, preset in OCCLUSION_PRESETS.items():
-        full_t, region_t, diffs = [], [], []
+        full_t, focus_t = [], []
         for _ in range(args.repeats):
-            seconds, full = timed(lambda preset=preset: occlusion_map(model, x, **preset, **common))
-            full_t.append(seconds)
-            seconds, part = timed(lambda preset=preset: occlusion_map(model, x, **preset, region=LUNG_BOX, **common))
-            region_t.append(seconds)
-            y0, y1, x0, x1 = LUNG_BOX
-            diffs.append(float(np.abs(full.map[y0:y1, x0:x1] - part.map[y0:y1, x0:x1]).max()))
-        app[name] = {
+            full_t.append(
+                timed(
+                    lambda p=preset: occlusion_map(
+                        model, x, served=classifier.serving, temperature=temperature, batch_size=OCCLUSION_BATCH, **p
+                    )
+                )[0]
+            )
+            focus_t.append(
+                timed(
+                    lambda p=preset: occlusion_map(
+                        model,
+                        x,
+                        served=classifier.serving,
+                        temperature=temperature,
+                        batch_size=OCCLUSION_BATCH,
+                        region=LUNG_BOX,
+                        **p,
+                    )
+                )[0]
+            )
+        presets[name] = {
             **preset,
-            "s": statistics.median(full_t),
-            "forward_passes": full.n_forward,
-            "region_s": statistics.median(region_t),
-            "region_forward_passes": part.n_forward,
-            "region_speedup": statistics.median(full_t) / statistics.median(region_t),
-            "region_max_abs_diff_inside": max(diffs),
+            "whole_film_s": statistics.median(full_t),
+            "lung_focus_s": statistics.median(focus_t),
         }
         print(
-            f"app preset {name} ({preset['window']}/{preset['stride']}): {app[name]['s']:.2f} s full image "
-            f"({full.n_forward} passes), {app[name]['region_s']:.2f} s in lung box {LUNG_BOX} "
-            f"({app[name]['region_speedup']:.2f}x, max diff inside {max(diffs):.1e})"
+            f"app preset {name} ({preset['window']}/{preset['stride']}): "
+            f"{presets[name]['whole_film_s']:.2f} s whole film, "
+            f"{presets[name]['lung_focus_s']:.2f} s in lung box {LUNG_BOX}",
+            flush=True,
         )
-    ref = f"{CONFIGS[-1][0]}/{CONFIGS[-1][1]}"
     print(
         json.dumps(
             {
-                "model": described,
+                "model": f"{classifier.card.arch} x {classifier.card.members}",
+                "runtime": classifier.served_runtime,
                 "threads": torch.get_num_threads(),
-                "vs_captum": medians["captum"][ref] / medians["ours"][ref],
-                "vs_naive": medians["naive"][ref] / medians["ours"][ref],
+                "load_average": os.getloadavg()[0],
+                "vs_captum": medians["captum"] / app,
+                "vs_torch": medians["torch"] / app,
                 "max_abs_diff": max_abs_diff,
-                "ours_s": medians["ours"],
+                "app_s": app,
+                "torch_s": medians["torch"],
                 "captum_s": medians["captum"],
-                "naive_s": medians["naive"],
-                "batched_s": medians["batched"],
-                "vs_captum_by_setting": {k: medians["captum"][k] / medians["ours"][k] for k in medians["ours"]},
-                "app": app,
+                "fast_preset_s": presets["fast"]["lung_focus_s"],
+                "fine_preset_s": presets["fine"]["lung_focus_s"],
+                "presets": presets,
             }
         )
     )
