@@ -11,6 +11,7 @@ from xray_xai.explain.cam import compute_cam
 from xray_xai.explain.sanity import randomized_top, rank_correlation
 from xray_xai.models.ensemble import Ensemble
 from xray_xai.models.factory import create_model
+from xray_xai.models.framing import LungBoxFramed, LungBoxFramer
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -34,6 +35,14 @@ def test_only_the_head_and_last_stage_of_every_member_change():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
     assert not _changed(randomized, randomized_top(model, seed=3))  # seeded
     assert _changed(randomized, randomized_top(model, seed=4))
+
+
+def test_a_lung_box_member_randomises_its_own_network_and_keeps_its_framing():
+    framer = object.__new__(LungBoxFramer)  # never called: only the weights are compared
+    model = Ensemble([_net(0), LungBoxFramed(_net(1), framer)])
+    changed = _changed(model, randomized_top(model, seed=0))
+    assert any(n.startswith("members.1.net.layer4.") for n in changed) and "members.1.net.fc.weight" in changed
+    assert all(".layer4." in name or ".fc." in name for name in changed)
 
 
 def test_a_network_without_a_last_stage_is_refused():

@@ -23,7 +23,9 @@ app's shortcut warning) and whether the map's peak is inside. Chance level is th
 fraction. Images without a mask count for deletion/insertion only.
 
 ``--split val`` keeps only the classifier's validation patients (the ids saved next to the
-checkpoint by training), so run it on ``DATA/train``. Occlusion covers the whole image
+checkpoint by training), so run it on ``DATA/train``. The maps are made as the app makes them:
+CAMs of the explaining network named in the card, occlusion of the whole ensemble (its calibrated
+probability, lung-box members re-framing every occluded copy). Occlusion covers the whole image
 (``--window``/``--stride``, default 32/16), or, with ``--lung-focus``, only the box the app
 occludes: both lungs plus a margin, found by the app's lung segmenter on each film (the whole
 film where its mask fails the plausibility check). Use ``--window 48 --stride 24`` with it for
@@ -63,7 +65,7 @@ from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
 from ..explain.occlusion import BASELINES, make_baseline, occlusion_map  # noqa: E402
 from ..explain.sanity import randomized_top, rank_correlation  # noqa: E402
 from ..imaging import InputError, load_image  # noqa: E402
-from ..models.classifier import Classifier  # noqa: E402
+from ..models.classifier import Classifier, explaining_model  # noqa: E402
 from ..models.lungs import LungSegmenter  # noqa: E402
 from ..pipeline import occlusion_region  # noqa: E402
 from ..results import OUTSIDE_KEY, Region  # noqa: E402
@@ -162,12 +164,18 @@ def explanation_maps(
     args: argparse.Namespace,
     seed: tuple[int, ...],
     region: Region | None = None,
-    explainer: torch.nn.Module | None = None,
+    randomized: torch.nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
     """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map,
-    of ``explainer`` (default: the classifier's explaining network)."""
+    made as the app makes them: CAMs of the explaining network, occlusion of the whole model
+    (through the served runtime). With ``randomized`` (a copy of the whole model), that copy's maps."""
     size = classifier.input_size
-    explainer = classifier.explainer if explainer is None else explainer
+    model = classifier.model if randomized is None else randomized
+    explainer = (
+        classifier.explainer
+        if randomized is None
+        else explaining_model(randomized, classifier.card.explanations.get("members"))
+    )
     maps = {
         method: compute_cam(explainer, x, method=method, target_class=target_class)
         for method in args.maps
@@ -175,7 +183,7 @@ def explanation_maps(
     }
     if "occlusion" in args.maps:
         maps["occlusion"] = occlusion_map(
-            explainer,
+            model,
             x,
             window=args.window,
             stride=args.stride,
@@ -184,6 +192,7 @@ def explanation_maps(
             target_class=target_class,
             temperature=classifier.card.temperature,
             region=region,
+            served=classifier.serving if randomized is None else None,
         ).map
     return {**maps, "random": np.random.default_rng(seed).random((size, size), dtype=np.float32)}
 
@@ -204,7 +213,7 @@ def evaluate_image(
 ) -> tuple[dict, dict[str, Curve]]:
     """Per-method deletion/insertion curves and lung figures for one image; with a ``segmenter``
     the occlusion covers only the box the app would occlude; with ``randomized`` (a copy of the
-    explaining network with randomised top layers) the rank correlation of its maps with the real ones."""
+    model with randomised top layers) the rank correlation of its maps with the real ones."""
     pixels = load_image(sample.path).pixels
     x = classifier.prepare(pixels)
     target = sample.label
@@ -212,7 +221,7 @@ def evaluate_image(
     region = occlusion_region(segmenter.segment(pixels)) if segmenter is not None else None
     maps = explanation_maps(classifier, x, target, args, seed, region)
     sanity = (
-        explanation_maps(classifier, x, target, args, seed, region, explainer=randomized)
+        explanation_maps(classifier, x, target, args, seed, region, randomized=randomized)
         if randomized is not None
         else {}
     )
@@ -357,7 +366,7 @@ def run(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.lung_checkpoint) if args.lung_focus else None
     classifier = Classifier.load(args.checkpoint, segmenter=segmenter)
-    randomized = randomized_top(classifier.explainer, seed=args.seed) if args.sanity else None
+    randomized = randomized_top(classifier.model, seed=args.seed) if args.sanity else None
     samples = select_samples(args)
     if not samples:
         raise SystemExit(f"No {'/'.join(args.classes)} images selected under {args.data}.")
@@ -420,6 +429,7 @@ def run(argv: list[str] | None = None) -> dict:
             if args.sanity
             else None,
             "cams": "xray_xai.explain.cam.compute_cam(method=NAME) on the classifier's explaining network(s)",
+            "occlusion_model": "the whole model (every member), as the app",
             "seed": args.seed,
             "checkpoint": str(Path(args.checkpoint).resolve()),
             "checkpoint_sha256": classifier.card.sha256,

@@ -18,17 +18,20 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from ..models.ensemble import members
+from ..models.framing import LungBoxFramed
 
 TOP_STAGE = "layer4"  # the last stage of a timm ResNet, where the app's CAMs are taken
 
 
 def randomized_top(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` whose head and last stage (every member's, for an ensemble) are
-    re-initialised with their modules' own ``reset_parameters`` (seeded); the rest is kept."""
+    """A copy of ``model`` whose head and last stage (every member's, for an ensemble; a lung-box
+    member's own network) are re-initialised with their modules' own ``reset_parameters``
+    (seeded); the rest, lung framing included, is kept."""
     copied = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for network in members(copied):
+        for member in members(copied):
+            network = member.net if isinstance(member, LungBoxFramed) else member
             stage = getattr(network, TOP_STAGE, None)
             if stage is None:
                 raise ValueError(f"{type(network).__name__} has no '{TOP_STAGE}' stage to randomise.")
