@@ -100,7 +100,9 @@ def test_disagreement_and_unusual_input_lower_the_band_with_reasons():
     assert agreed.member_probabilities == (0.96, 0.98)
     split = classifier.decide(0.97, "balanced", [0.88, 0.999])
     assert split.band == "Moderate" and split.label == "PNEUMONIA" and split.confidence == pytest.approx(0.97)
-    assert split.band_reasons == (BandReason("members_disagree", "High", "Moderate", low=0.88, high=0.999, members=2, quantile=0.95),)
+    assert split.band_reasons == (
+        BandReason("members_disagree", "High", "Moderate", low=0.88, high=0.999, members=2, quantile=0.95),
+    )
     worded = band_reason_text(split.band_reasons[0])
     assert "disagree" in worded and "88.0%" in worded and "High to Moderate" in worded
     assert classifier.decide(0.03, "balanced", [0.001, 0.2]).band == "Moderate"  # NORMAL answers too
@@ -150,17 +152,28 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
         train_main(["--data", str(tmp_path / "data"), "--out", str(out), "--work", str(tmp_path / f"work{seed}"),
                     "--arch", TINY_ARCH, "--input-size", str(SIZE), "--epochs", "1", "--threads", "1", "--seed", str(seed)])  # fmt: skip
         cards.append(str(out / "classifier.json"))
-    ensemble_main(["--data", str(tmp_path / "data"), "--members", *cards, "--out", str(tmp_path / "ensemble"), "--threads", "1"])
+    ensemble_main(
+        ["--data", str(tmp_path / "data"), "--members", *cards, "--out", str(tmp_path / "ensemble"), "--threads", "1"]
+    )
     card = json.loads((tmp_path / "ensemble" / "classifier.json").read_text())
     assert card["members"] == 2 and card["temperature"] > 0
     assert set(card["operating_points"]) == {"balanced", "screening", "rule_in"}
-    assert set(card["validation"]["perturbed"]) == {"clean", "blur_1px", "blur_2px", "noise_0.03", "gamma_0.7", "gamma_1.4"}
+    assert set(card["validation"]["perturbed"]) == {
+        "clean",
+        "blur_1px",
+        "blur_2px",
+        "noise_0.03",
+        "gamma_0.7",
+        "gamma_1.4",
+    }
     assert card["uncertainty"]["threshold"] >= 0 and card["uncertainty"]["quantile"] == 0.95
     assert len(card["training"]["members"]) == 2 and card["ood"]["threshold"] > 0
     # calibrated on the float16 kernels it stores: the reloaded file gives the calibrated probabilities
     assert card["weights_dtype"].startswith("float16") and card["validation"]["stored_weights_max_abs_prob_diff"] == 0.0
     split = json.loads((tmp_path / "ensemble" / "classifier_val_patients.json").read_text())
-    assert split == json.loads((tmp_path / "member1" / "classifier_val_patients.json").read_text()) and split["seed"] == 0
+    assert (
+        split == json.loads((tmp_path / "member1" / "classifier_val_patients.json").read_text()) and split["seed"] == 0
+    )
     member = json.loads((tmp_path / "member2" / "classifier.json").read_text())
     assert member["data"]["split"].endswith("seed=0")  # the split's seed, not the member's training seed 2
     assert card["data"]["split"] == "patient-level, class-stratified, val_fraction=0.15, seed=0"
@@ -193,15 +206,19 @@ def test_maps_come_from_the_members_the_card_names(tmp_path):
     assert classifier.explainer is model.members[1]
     assert classifier.maps_source == MapsSource((1,), 2)
     worded = maps_source_text(classifier.maps_source)
-    assert "network 2 of the ensemble's 2" in worded and "whole ensemble's" in worded
+    assert (
+        "CAM from network 2 of the ensemble's 2" in worded and "occlusion map explains the whole ensemble's" in worded
+    )
     everything = Classifier(model, ensemble_card())
-    assert everything.explainer is model and maps_source_text(everything.maps_source) == "averaged over the ensemble's 2 networks"
+    assert everything.explainer is model and maps_source_text(everything.maps_source).startswith(
+        "the CAM averaged over the ensemble's 2 networks"
+    )
     assert Classifier(model.members[0], ensemble_card()).maps_source is None
     card.explanations = {"members": [2]}
     with pytest.raises(CheckpointError, match="members 0 to 1"):
         Classifier(model, card).explainer
 
-    # The pipeline draws both maps from that member alone, and the report says so.
+    # The pipeline draws the CAM from that member alone and occludes the whole ensemble, and the report says so.
     card.explanations, card.input_size = {"members": [1]}, 64  # room for the fast preset's 48-px window
     path = tmp_path / "classifier.json"
     save_checkpoint(model, card, path, dtype=torch.float32)
@@ -212,8 +229,11 @@ def test_maps_come_from_the_members_the_card_names(tmp_path):
     result = pipeline.analyze(buffer.getvalue(), Options(occlusion="fast", lung_focus=False))
     member = pipeline.classifier.explainer
     x, target = result.model_input, result.analysis.prediction.label == "PNEUMONIA"
-    np.testing.assert_allclose(result.maps["gradcam"], compute_cam(member, x, "gradcam", target_class=int(target)), atol=1e-6)
-    own = occlusion_map(member, x, window=48, stride=24, target_class=int(target), temperature=card.temperature).map
-    assert not np.allclose(own, occlusion_map(pipeline.classifier.model, x, window=48, stride=24, target_class=int(target), temperature=card.temperature).map)
-    np.testing.assert_allclose(result.maps["occlusion"], np.clip(own, 0, None) / max(own.max(), 1e-12), atol=1e-6)
-    assert "- Heatmaps: from network 2 of the ensemble's 2" in result.analysis.report
+    np.testing.assert_allclose(
+        result.maps["gradcam"], compute_cam(member, x, "gradcam", target_class=int(target)), atol=1e-6
+    )
+    settings = dict(window=48, stride=24, target_class=int(target), temperature=card.temperature)
+    whole = occlusion_map(pipeline.classifier.model, x, **settings).map
+    assert not np.allclose(whole, occlusion_map(member, x, **settings).map)
+    np.testing.assert_allclose(result.maps["occlusion"], np.clip(whole, 0, None) / max(whole.max(), 1e-12), atol=1e-5)
+    assert "- Heatmaps: the CAM from network 2 of the ensemble's 2" in result.analysis.report

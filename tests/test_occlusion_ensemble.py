@@ -84,3 +84,24 @@ def test_served_networks_give_the_same_map(ensemble, film, tmp_path):
     naive = occlusion_map_naive(ensemble, film, window=12, stride=6)
     fast = occlusion_map(ensemble, film, window=12, stride=6, served=served, batch_size=16)
     np.testing.assert_allclose(fast.grid, naive.grid, atol=1e-4, rtol=0)
+
+
+def test_without_reframing_only_the_windows_that_move_the_box_differ(ensemble, film):
+    """reframe=False keeps the clean film's lung box: the map equals the exact one at every window
+    whose copy keeps the box, and differs at some window whose copy moves it."""
+    window, stride = 12, 6
+    exact = occlusion_map(ensemble, film, window=window, stride=stride, batch_size=9)
+    fixed = occlusion_map(ensemble, film, window=window, stride=stride, batch_size=9, reframe=False)
+    engine = occlusion_engine.engines(ensemble, None, True)[-1]
+    clean_raw = engine._raw_masks(film)[0]
+    clean_box = engine._box(clean_raw, (SIZE, SIZE))
+    starts = torch.from_numpy(window_positions(SIZE, window, stride))
+    tops, lefts = starts.repeat_interleave(len(starts)), starts.repeat(len(starts))
+    copies = occlusion_engine.occluded_copies(film, make_baseline(film), tops, lefts, window)
+    moved = np.array(
+        [box != clean_box for box in engine._boxes(engine._raw_masks(copies), clean_raw, clean_box, (SIZE, SIZE))]
+    )
+    moved = moved.reshape(exact.grid.shape)
+    np.testing.assert_allclose(fixed.grid[~moved], exact.grid[~moved], atol=1e-5, rtol=0)
+    assert np.abs(fixed.grid[moved] - exact.grid[moved]).max() > 1e-4
+    assert fixed.probability == pytest.approx(exact.probability, abs=1e-6)

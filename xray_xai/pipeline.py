@@ -209,6 +209,9 @@ class Pipeline:
             progress=progress,
             served=self.classifier.serving,
             batch_size=OCCLUSION_BATCH,
+            # The lung-box members keep the clean film's box: segmenting every occluded copy
+            # again doubles the full analysis (docs/faithfulness.md) for the few copies whose box moves.
+            reframe=False,
         )
         support = np.clip(occ.map, 0, None)
         occ_display = support / support.max() if support.max() > 0 else support

@@ -466,19 +466,22 @@ def band_reason_text(reason: BandReason, cam_method: str = "gradcam") -> str:
 
 
 def maps_source_text(source: MapsSource) -> str:
-    """Which networks the maps come from, in words."""
+    """Which networks the maps come from, in words: the CAM from the card's explaining members,
+    the occlusion map always from the whole ensemble (it works on the input)."""
+    occlusion = "the occlusion map explains the whole ensemble's probability"
     if len(source.members) == source.total:
-        return f"averaged over the ensemble's {source.total} networks"
+        return f"the CAM averaged over the ensemble's {source.total} networks; {occlusion}"
     names = ", ".join(str(i + 1) for i in source.members)
     framed = ", ".join(str(i + 1) for i in source.lung_box_members)
     lung_box = (
-        f"; network {framed} sees only the box around the lungs, so its maps would not be in the film's frame"
+        f"; network {framed} sees only the box around the lungs, so its CAM would not be in the film's frame"
         if framed
         else ""
     )
+    framing = " (lung-box networks framed as on the unoccluded film)" if framed else ""
     return (
-        f"from network {names} of the ensemble's {source.total}, the one whose answers are closest to the ensemble's "
-        f"on validation (one network keeps the maps fast){lung_box}; the probability and band are the whole ensemble's"
+        f"the CAM from network {names} of the ensemble's {source.total}, the one whose answers are closest to the "
+        f"ensemble's on validation (one network keeps the first answer fast){lung_box}; {occlusion}{framing}"
     )
 
 

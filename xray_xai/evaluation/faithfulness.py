@@ -193,6 +193,7 @@ def explanation_maps(
             temperature=classifier.card.temperature,
             region=region,
             served=classifier.serving if randomized is None else None,
+            reframe=False,  # as the app: lung-box members keep the clean film's box
         ).map
     return {**maps, "random": np.random.default_rng(seed).random((size, size), dtype=np.float32)}
 

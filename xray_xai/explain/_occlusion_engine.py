@@ -13,6 +13,10 @@ Lung-box members (:class:`~xray_xai.models.framing.LungBoxFramed`) are handled b
 framer does, the copies of a batch through one segmenter call; a copy whose lung mask is the
 clean film's and whose window lies outside the lung box has the clean crop, hence the clean
 logit, and is not run again. Full forward passes go to the served (compiled) networks when given.
+With ``reframe=False`` every copy keeps the clean film's lung box (no segmentation per copy,
+every crop incremental): the map then explains the ensemble with its lung-box members framed
+as on the clean film, which differs from re-framing only for the copies whose window would move
+the box.
 """
 
 from __future__ import annotations
@@ -375,10 +379,13 @@ def _pick(boxes, iy, ix):
     return tuple(b[iy] for b in boxes[0]), tuple(b[ix] for b in boxes[1])
 
 
-def engines(model: nn.Module, served: nn.Module | None, incremental: bool) -> list[Engine | FramedEngine]:
+def engines(
+    model: nn.Module, served: nn.Module | None, incremental: bool, reframe: bool = True
+) -> list[Engine | FramedEngine]:
     """The engines that together give every member's logits: one per whole-film member and one
     per group of lung-box members sharing a framer. ``served``: ``model`` compiled, member for
-    member (:func:`xray_xai.models.runtime.serve`), used for full forward passes and segmentation."""
+    member (:func:`xray_xai.models.runtime.serve`), used for full forward passes and segmentation.
+    ``reframe``: segment every occluded copy again (exact) or keep the clean film's lung box."""
     fast_members = members(served) if served is not None else members(model)
     built: list[Engine | FramedEngine] = []
     framed: dict[int, list[tuple[LungBoxFramed, LungBoxFramed]]] = {}
@@ -388,7 +395,7 @@ def engines(model: nn.Module, served: nn.Module | None, incremental: bool) -> li
         else:
             built.append(Engine.build(member, incremental, fast if fast is not member else None))
     return built + [
-        FramedEngine.build([pair[0] for pair in group], [pair[1] for pair in group], incremental)
+        FramedEngine.build([pair[0] for pair in group], [pair[1] for pair in group], incremental, reframe)
         for group in framed.values()
     ]
 
@@ -430,10 +437,15 @@ class FramedEngine:
     mean: float
     std: float
     margin: int
+    reframe: bool = True  # segment every occluded copy again; False keeps the clean film's box
 
     @classmethod
     def build(
-        cls, torch_members: Sequence[LungBoxFramed], fast_members: Sequence[LungBoxFramed], incremental: bool
+        cls,
+        torch_members: Sequence[LungBoxFramed],
+        fast_members: Sequence[LungBoxFramed],
+        incremental: bool,
+        reframe: bool = True,
     ) -> FramedEngine:
         framer = fast_members[0].framer
         return cls(
@@ -446,6 +458,7 @@ class FramedEngine:
             framer.mean,
             framer.std,
             framer.margin,
+            reframe,
         )
 
     def _raw_masks(self, films: torch.Tensor) -> np.ndarray:
@@ -503,7 +516,12 @@ class FramedEngine:
             tops, lefts = torch.from_numpy(rows[iy.numpy()]), torch.from_numpy(cols[ix.numpy()])
             films = occluded_copies(x, base, tops, lefts, window)
             moved: dict[tuple[int, ...], list[int]] = {}
-            for n, box in enumerate(self._boxes(self._raw_masks(films), clean_raw, clean_box, shape)):
+            framed = (
+                self._boxes(self._raw_masks(films), clean_raw, clean_box, shape)
+                if self.reframe
+                else [clean_box] * len(films)
+            )
+            for n, box in enumerate(framed):
                 moved.setdefault(box, []).append(n)
             same = [n for n in moved.pop(clean_box, []) if _overlaps(clean_box, int(tops[n]), int(lefts[n]), window)]
             if same:
