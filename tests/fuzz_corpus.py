@@ -18,7 +18,13 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 PHI_NAME = "Doe^Jane"
 PHI_ID = "SECRET123"
@@ -58,7 +64,9 @@ def _smooth(image: np.ndarray, passes: int = 3) -> np.ndarray:
     for _ in range(passes):
         padded = np.pad(image, 1, mode="edge")
         height, width = image.shape
-        image = sum(padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+        image = (
+            sum(padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+        )
     return image
 
 
@@ -214,7 +222,10 @@ def build_corpus(seed: int = 0) -> list[tuple[str, bytes]]:
         ("riff_only.webp", b"RIFF\x00\x00\x00\x00WEBPVP8 "),
         ("text.png", b"This is not an image, just some words.\n" * 20),
         ("html.jpg", b"<!DOCTYPE html><html><body><img src='x.png'></body></html>"),
-        ("svg.png", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10000" height="10000"><rect/></svg>'),
+        (
+            "svg.png",
+            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10000" height="10000"><rect/></svg>',
+        ),
         ("svg_no_xml.png", b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="5"/></svg>'),
         ("pdf.png", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF"),
         ("zip.png", _zip("chest.png", png)),

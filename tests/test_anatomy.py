@@ -96,7 +96,9 @@ def test_image_zone_fallback_keeps_the_side_convention():
 def test_shortcut_warning_fires_outside_the_lungs_and_not_inside():
     outside = blob(10, 112, 8)  # top border between the lungs
     inside = blob(150, 65) + blob(150, 160)
-    anatomy = analyze_anatomy({"gradcam": inside, "occlusion": outside}, lung_mask(), {"gradcam": 0.5, "occlusion": 0.5})
+    anatomy = analyze_anatomy(
+        {"gradcam": inside, "occlusion": outside}, lung_mask(), {"gradcam": 0.5, "occlusion": 0.5}
+    )
     assert anatomy.segmentation_ok
     assert anatomy.shortcut_warning
     assert anatomy.shortcut_methods == ("occlusion",)

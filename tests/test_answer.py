@@ -24,11 +24,15 @@ BALANCED = OperatingPoint("balanced", 0.5, 0.9, 0.9)
 
 
 def card(conformal: dict | None = None) -> ModelCard:
-    return ModelCard(arch="resnet10t", input_size=32, mean=0.5, std=0.25, operating_points=POINTS, conformal=conformal or {})
+    return ModelCard(
+        arch="resnet10t", input_size=32, mean=0.5, std=0.25, operating_points=POINTS, conformal=conformal or {}
+    )
 
 
 def thresholds(q_normal: float, q_pneumonia: float) -> dict:
-    return ConformalThresholds(alpha=0.05, q_normal=q_normal, q_pneumonia=q_pneumonia, n_normal=100, n_pneumonia=100).to_json()
+    return ConformalThresholds(
+        alpha=0.05, q_normal=q_normal, q_pneumonia=q_pneumonia, n_normal=100, n_pneumonia=100
+    ).to_json()
 
 
 @pytest.mark.parametrize(
@@ -49,8 +53,14 @@ def test_a_singleton_set_that_disagrees_with_the_operating_point_is_inconclusive
     classifier = Classifier(None, card(thresholds(q_normal=0.7, q_pneumonia=0.2)))
     prediction = classifier.decide(0.45)  # label NORMAL (under 0.5); set {NORMAL}: 0.45 <= 0.7, 0.55 > 0.2
     assert prediction.label == "NORMAL" and prediction.answer == "NORMAL"
-    conflicting = Classifier(None, card(thresholds(q_normal=0.1, q_pneumonia=0.6))).decide(0.45)  # set {PNEUMONIA}, label NORMAL
-    assert conflicting.prediction_set == ("PNEUMONIA",) and conflicting.label == "NORMAL" and conflicting.answer == "INCONCLUSIVE"
+    conflicting = Classifier(None, card(thresholds(q_normal=0.1, q_pneumonia=0.6))).decide(
+        0.45
+    )  # set {PNEUMONIA}, label NORMAL
+    assert (
+        conflicting.prediction_set == ("PNEUMONIA",)
+        and conflicting.label == "NORMAL"
+        and conflicting.answer == "INCONCLUSIVE"
+    )
 
 
 def test_an_unusual_film_is_inconclusive_and_a_card_without_thresholds_keeps_its_label():
@@ -69,7 +79,9 @@ def test_evidence_outside_the_lungs_lowers_the_band_once_and_follows_the_newest_
     high = Prediction("PNEUMONIA", 0.97, 0.97, "High", BALANCED)
     assert evidence_checked(high, anatomy(None, gradcam=0.3), limits) == high
     first = evidence_checked(high, anatomy(None, gradcam=0.8), limits)
-    assert first.band == "Moderate" and first.band_reasons == (BandReason("evidence_outside_lungs", "High", "Moderate", method="gradcam", share=0.8, limit=0.5),)
+    assert first.band == "Moderate" and first.band_reasons == (
+        BandReason("evidence_outside_lungs", "High", "Moderate", method="gradcam", share=0.8, limit=0.5),
+    )
     # Occlusion (the judge) arrives: inside the lungs, so the step is undone; outside, one step only.
     assert evidence_checked(first, anatomy(0.1, gradcam=0.8), limits) == high
     again = evidence_checked(first, anatomy(0.9, gradcam=0.8), limits)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
-
 from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_dataset, smooth_image_like
+
+from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.explain.cam import compute_cam
+from xray_xai.explain.occlusion import occlusion_map, occlusion_map_naive
 from xray_xai.models.classifier import Classifier, lower_band, uncertainty
 from xray_xai.models.ensemble import Ensemble, members
-from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.factory import create_model, load_checkpoint
-from xray_xai.explain.occlusion import occlusion_map, occlusion_map_naive
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.report import band_reason_text, maps_source_text
 from xray_xai.results import BandReason, MapsSource
@@ -58,8 +58,16 @@ def test_ensemble_is_the_mean_logit_and_its_head_matches_the_members():
 
 
 def ensemble_card(**uncertainty) -> ModelCard:
-    return ModelCard(arch=TINY_ARCH, input_size=SIZE, mean=0.5, std=0.25, temperature=1.7, operating_points=DEFAULT_POINTS,
-                     members=2, uncertainty=uncertainty)  # fmt: skip
+    return ModelCard(
+        arch=TINY_ARCH,
+        input_size=SIZE,
+        mean=0.5,
+        std=0.25,
+        temperature=1.7,
+        operating_points=DEFAULT_POINTS,
+        members=2,
+        uncertainty=uncertainty,
+    )
 
 
 def test_checkpoint_round_trip_rebuilds_the_ensemble(tmp_path):
@@ -149,8 +157,26 @@ def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_pa
     cards = []
     for seed in (1, 2):
         out = tmp_path / f"member{seed}"
-        train_main(["--data", str(tmp_path / "data"), "--out", str(out), "--work", str(tmp_path / f"work{seed}"),
-                    "--arch", TINY_ARCH, "--input-size", str(SIZE), "--epochs", "1", "--threads", "1", "--seed", str(seed)])  # fmt: skip
+        train_main(
+            [
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--work",
+                str(tmp_path / f"work{seed}"),
+                "--arch",
+                TINY_ARCH,
+                "--input-size",
+                str(SIZE),
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--seed",
+                str(seed),
+            ]
+        )
         cards.append(str(out / "classifier.json"))
     ensemble_main(
         ["--data", str(tmp_path / "data"), "--members", *cards, "--out", str(tmp_path / "ensemble"), "--threads", "1"]
@@ -216,7 +242,7 @@ def test_maps_come_from_the_members_the_card_names(tmp_path):
     assert Classifier(model.members[0], ensemble_card()).maps_source is None
     card.explanations = {"members": [2]}
     with pytest.raises(CheckpointError, match="members 0 to 1"):
-        Classifier(model, card).explainer
+        _ = Classifier(model, card).explainer
 
     # The pipeline draws the CAM from that member alone and occludes the whole ensemble, and the report says so.
     card.explanations, card.input_size = {"members": [1]}, 64  # room for the fast preset's 48-px window

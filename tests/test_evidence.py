@@ -10,12 +10,12 @@ from PIL import Image
 
 from tests.tiny import lung_mask, make_tiny_checkpoint, synthetic_radiograph
 from xray_xai.explain.anatomy import image_zone_masks
-from xray_xai.models.classifier import Classifier
 from xray_xai.explain.evidence import MAX_BOXES, evidence_boxes, to_upload, zone_regions
-from xray_xai.ui.overlay import BOX_COLOR, draw_boxes, draw_result
+from xray_xai.models.classifier import Classifier
 from xray_xai.models.lungs import LungMask
 from xray_xai.pipeline import Options, Pipeline, Result
 from xray_xai.results import Analysis, EvidenceBox, OperatingPoint, Prediction
+from xray_xai.ui.overlay import BOX_COLOR, draw_boxes, draw_result
 
 S = 32
 
@@ -40,8 +40,12 @@ def test_strongest_region_first_in_upload_coordinates():
     big, small = boxes
     assert big.score > small.score > 0 and big.score + small.score <= 1
     # centres (in upload pixels) near the blob centres: row * 10, column * 5 (+ half a map pixel)
-    assert (big.x0 + big.x1) / 2 == pytest.approx(8.5 * 5, abs=5) and (big.y0 + big.y1) / 2 == pytest.approx(22.5 * 10, abs=10)
-    assert (small.x0 + small.x1) / 2 == pytest.approx(24.5 * 5, abs=5) and (small.y0 + small.y1) / 2 == pytest.approx(8.5 * 10, abs=10)
+    assert (big.x0 + big.x1) / 2 == pytest.approx(8.5 * 5, abs=5) and (big.y0 + big.y1) / 2 == pytest.approx(
+        22.5 * 10, abs=10
+    )
+    assert (small.x0 + small.x1) / 2 == pytest.approx(24.5 * 5, abs=5) and (small.y0 + small.y1) / 2 == pytest.approx(
+        8.5 * 10, abs=10
+    )
     assert big.zone == "right lower" and small.zone == "left upper"  # image left = patient's right
 
 
@@ -69,8 +73,16 @@ def test_zones_come_from_the_lung_mask_when_it_is_plausible():
 def test_boxes_are_drawn_on_a_downscaled_overlay_and_can_be_switched_off():
     box = EvidenceBox("gradcam", 40, 20, 120, 100, 0.4, "right lower")
     point = OperatingPoint("balanced", 0.5, 0.9, 0.9)
-    analysis = Analysis(Prediction("PNEUMONIA", 0.9, 0.9, "High", point), boxes=(box, EvidenceBox("occlusion", 0, 0, 10, 10, 0.2, "left upper")))
-    result = Result(analysis, np.full((100, 100), 0.5, np.float32), {"gradcam": np.zeros((S, S), np.float32)}, upload_shape=(200, 200))
+    analysis = Analysis(
+        Prediction("PNEUMONIA", 0.9, 0.9, "High", point),
+        boxes=(box, EvidenceBox("occlusion", 0, 0, 10, 10, 0.2, "left upper")),
+    )
+    result = Result(
+        analysis,
+        np.full((100, 100), 0.5, np.float32),
+        {"gradcam": np.zeros((S, S), np.float32)},
+        upload_shape=(200, 200),
+    )
     plain = draw_result(result, boxes=False)["gradcam"]
     drawn = draw_result(result)["gradcam"]
     assert (plain == np.rint(0.5 * 255)).all()

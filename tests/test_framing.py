@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like
+
+from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.classifier import Classifier
 from xray_xai.models.ensemble import Ensemble
-from xray_xai.models.framing import LungBoxFramed, LungBoxFramer, crop_to_lungs, framing_box, is_framed, member_views, unframed
-from xray_xai.models.lungs import LungCard, LungMask, LungSegmenter, build_model
-from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.factory import create_model, load_checkpoint
+from xray_xai.models.framing import (
+    LungBoxFramed,
+    LungBoxFramer,
+    crop_to_lungs,
+    framing_box,
+    is_framed,
+    member_views,
+    unframed,
+)
+from xray_xai.models.lungs import LungCard, LungMask, LungSegmenter, build_model
 from xray_xai.preprocess import normalize, to_model_size
 from xray_xai.report import maps_source_text
 from xray_xai.results import MapsSource
@@ -69,13 +77,17 @@ def test_framed_network_sees_the_crop_the_training_copy_holds():
     films = [smooth_image_like(SIZE), np.random.default_rng(1).random((SIZE, SIZE), dtype=np.float32) * 0.6 + 0.2]
     x = torch.from_numpy(np.stack([normalize(f, 0.5, 0.25) for f in films]))[:, None]
     # what xray_xai.training.lung_crops stores, read back and prepared as training does
-    expected = torch.from_numpy(np.stack([normalize(to_model_size(crop_to_lungs(f, lungs, 16)[0], SIZE), 0.5, 0.25) for f in films]))[:, None]
+    expected = torch.from_numpy(
+        np.stack([normalize(to_model_size(crop_to_lungs(f, lungs, 16)[0], SIZE), 0.5, 0.25) for f in films])
+    )[:, None]
     framed_input = framed.frame(x)
     assert framed_input.shape == x.shape and lungs.calls >= 2 * 2
     assert (framed_input - expected).abs().max() < 1e-3  # torch's antialiased bicubic = PIL's bicubic
     with torch.inference_mode():
         np.testing.assert_allclose(framed(x).numpy(), net(framed_input).numpy(), atol=1e-5)
-        np.testing.assert_allclose(framed.forward_head(framed.forward_features(x)).numpy(), framed(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            framed.forward_head(framed.forward_features(x)).numpy(), framed(x).numpy(), atol=1e-5
+        )
         assert not np.allclose(framed(x).numpy(), net(x).numpy(), atol=1e-4)  # the crop changes what it sees
     assert framed.get_classifier() is net.get_classifier()
     assert is_framed(Ensemble([create_model(TINY_ARCH), framed])) and not is_framed(net)
@@ -88,7 +100,9 @@ def test_lung_box_members_share_one_segmentation_per_batch():
     shared = FixedLungs()
     framer = LungBoxFramer(shared, mean=0.5, std=0.25)
     ensemble = Ensemble([nets[0], LungBoxFramed(nets[1], framer), LungBoxFramed(nets[2], framer)]).eval()
-    apart = Ensemble([nets[0], *(LungBoxFramed(net, LungBoxFramer(FixedLungs(), mean=0.5, std=0.25)) for net in nets[1:])]).eval()
+    apart = Ensemble(
+        [nets[0], *(LungBoxFramed(net, LungBoxFramer(FixedLungs(), mean=0.5, std=0.25)) for net in nets[1:])]
+    ).eval()
     x = torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(ensemble.member_logits(x), apart.member_logits(x))
@@ -130,10 +144,22 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
         assert torch.equal(unframed(loaded).state_dict()[name], value), name
     shared = LungSegmenter.load(tmp_path / "lungs.json")  # the app's own segmenter is shared, not loaded again
     assert load_checkpoint(tmp_path / "classifier.json", segmenter=shared)[0].members[1].segmenter is shared
-    other = LungSegmenter(build_model(LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)), replace(shared.card, sha256="0" * 64))
-    assert load_checkpoint(tmp_path / "classifier.json", segmenter=other)[0].members[1].segmenter.card.sha256 == lung_card.sha256
-    save_checkpoint(unframed(loaded), ModelCard.from_json(tmp_path / "classifier.json"), tmp_path / "again.json", dtype=torch.float32)
-    assert ModelCard.from_json(tmp_path / "again.json").sha256 == ModelCard.from_json(tmp_path / "classifier.json").sha256
+    other = LungSegmenter(
+        build_model(LungCard(decoder_channels=(16, 8, 8, 8), input_size=32)), replace(shared.card, sha256="0" * 64)
+    )
+    assert (
+        load_checkpoint(tmp_path / "classifier.json", segmenter=other)[0].members[1].segmenter.card.sha256
+        == lung_card.sha256
+    )
+    save_checkpoint(
+        unframed(loaded),
+        ModelCard.from_json(tmp_path / "classifier.json"),
+        tmp_path / "again.json",
+        dtype=torch.float32,
+    )
+    assert (
+        ModelCard.from_json(tmp_path / "again.json").sha256 == ModelCard.from_json(tmp_path / "classifier.json").sha256
+    )
 
     # maps may not come from the lung-box member, nor be averaged over it
     card.explanations = {"members": [1]}
@@ -147,8 +173,11 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
     worded = maps_source_text(explained.maps_source)
     assert "network 1 of the ensemble's 2" in worded and "network 2 sees only the box around the lungs" in worded
 
-    for bad, message in (({**framing, "segmenter_sha256": "0" * 64}, "not the one"), ({**framing, "segmenter": "gone.json"}, "missing"),
-                         ({**framing, "lung_box_members": [2]}, "members 0 to 1")):  # fmt: skip
+    for bad, message in (
+        ({**framing, "segmenter_sha256": "0" * 64}, "not the one"),
+        ({**framing, "segmenter": "gone.json"}, "missing"),
+        ({**framing, "lung_box_members": [2]}, "members 0 to 1"),
+    ):
         save_checkpoint(model, replace(card, framing=bad, explanations={}), tmp_path / "bad.json", dtype=torch.float32)
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "bad.json")
@@ -161,8 +190,26 @@ def test_ensemble_cli_frames_the_lung_box_members_and_explains_with_a_whole_film
     cards = []
     for seed in (1, 2):
         out = tmp_path / f"member{seed}"
-        train_main(["--data", str(data), "--out", str(out), "--work", str(tmp_path / f"work{seed}"),
-                    "--arch", TINY_ARCH, "--input-size", "32", "--epochs", "1", "--threads", "1", "--seed", str(seed)])  # fmt: skip
+        train_main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--work",
+                str(tmp_path / f"work{seed}"),
+                "--arch",
+                TINY_ARCH,
+                "--input-size",
+                "32",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--seed",
+                str(seed),
+            ]
+        )
         cards.append(str(out / "classifier.json"))
     common = ["--data", str(data), "--members", *cards, "--segmenter", str(tmp_path / "lungs.json"), "--threads", "1"]
     ensemble_main([*common, "--lung-box", cards[0], "--out", str(tmp_path / "ensemble")])
@@ -186,7 +233,9 @@ def test_ensemble_cli_frames_the_lung_box_members_and_explains_with_a_whole_film
 def test_lung_crops_cli_keeps_layout_and_stems_and_cuts_each_film(tmp_path, monkeypatch):
     data = make_tiny_dataset(tmp_path / "data" / "train", per_class=3).parent
     monkeypatch.setattr(lung_crops.LungSegmenter, "load", classmethod(lambda cls, path: FixedLungs()))
-    counts = lung_crops.main(["--data", str(data), "--out", str(tmp_path / "crops"), "--splits", "train", "--margin", "0"])
+    counts = lung_crops.main(
+        ["--data", str(data), "--out", str(tmp_path / "crops"), "--splits", "train", "--margin", "0"]
+    )
     assert counts == {"train": {"films": 6, "whole_film_fallbacks": 0}}
     for original in sorted((data / "train").glob("*/*")):
         copy = tmp_path / "crops" / "train" / original.parent.name / f"{original.stem}.png"

@@ -18,12 +18,40 @@ from xray_xai.preprocess import preprocess
 CORPUS = build_corpus()
 CHEST = (96, 120)  # the corpus's chest film, (height, width)
 WELL_FORMED = {  # corpus files whose pixels are intact and large enough: each must load, at this shape
-    **dict.fromkeys(["dicom_multiframe.dcm", "dicom_bare.dcm", "dicom_rle.dcm", "dicom_jpeg.dcm", "dicom_bad_window.dcm",
-                     "animated.gif", "multipage.tif", "bilevel.png", "la.png", "rgba_transparent.png", "cmyk.jpg",
-                     "exif_garbage.jpg", "bmp.png"], CHEST),
-    **dict.fromkeys(["all_black.png", "all_white.jpg", "all_zero_16bit.png", "all_max_16bit.png", "extremes_16bit.png",
-                     "float_nan.tif", "float_inf.tif", "float_huge_range.tif"], (64, 64)),
-    "noise.png": (128, 128), "extreme_aspect.png": (32, 4000), "extreme_aspect_tall.png": (3000, 32),
+    **dict.fromkeys(
+        [
+            "dicom_multiframe.dcm",
+            "dicom_bare.dcm",
+            "dicom_rle.dcm",
+            "dicom_jpeg.dcm",
+            "dicom_bad_window.dcm",
+            "animated.gif",
+            "multipage.tif",
+            "bilevel.png",
+            "la.png",
+            "rgba_transparent.png",
+            "cmyk.jpg",
+            "exif_garbage.jpg",
+            "bmp.png",
+        ],
+        CHEST,
+    ),
+    **dict.fromkeys(
+        [
+            "all_black.png",
+            "all_white.jpg",
+            "all_zero_16bit.png",
+            "all_max_16bit.png",
+            "extremes_16bit.png",
+            "float_nan.tif",
+            "float_inf.tif",
+            "float_huge_range.tif",
+        ],
+        (64, 64),
+    ),
+    "noise.png": (128, 128),
+    "extreme_aspect.png": (32, 4000),
+    "extreme_aspect_tall.png": (3000, 32),
 }
 
 
@@ -64,8 +92,19 @@ def test_every_corpus_file_loads_or_raises_input_error(name, data):
 @pytest.mark.parametrize(
     "name",
     [
-        "empty.png", "text.png", "html.jpg", "svg.png", "pdf.png", "zip.png", "huge_declared.png", "huge_dicom.dcm",
-        "dicom_no_pixels.dcm", "one_pixel.png", "float_all_nan.tif", "truncated_0.5.jpg", "truncated_0.5.dcm",
+        "empty.png",
+        "text.png",
+        "html.jpg",
+        "svg.png",
+        "pdf.png",
+        "zip.png",
+        "huge_declared.png",
+        "huge_dicom.dcm",
+        "dicom_no_pixels.dcm",
+        "one_pixel.png",
+        "float_all_nan.tif",
+        "truncated_0.5.jpg",
+        "truncated_0.5.dcm",
     ],
 )
 def test_known_bad_files_are_rejected_with_a_specific_message(name):
@@ -73,10 +112,19 @@ def test_known_bad_files_are_rejected_with_a_specific_message(name):
     with pytest.raises(InputError) as raised:
         load_image(data)
     expected = {
-        "empty.png": "empty", "text.png": "text file", "html.jpg": "web page", "svg.png": "SVG", "pdf.png": "PDF",
-        "zip.png": "ZIP", "huge_declared.png": "too large", "huge_dicom.dcm": "too large",
-        "dicom_no_pixels.dcm": "no pixel data", "one_pixel.png": "at least", "float_all_nan.tif": "NaN",
-        "truncated_0.5.jpg": "truncated", "truncated_0.5.dcm": "damaged",
+        "empty.png": "empty",
+        "text.png": "text file",
+        "html.jpg": "web page",
+        "svg.png": "SVG",
+        "pdf.png": "PDF",
+        "zip.png": "ZIP",
+        "huge_declared.png": "too large",
+        "huge_dicom.dcm": "too large",
+        "dicom_no_pixels.dcm": "no pixel data",
+        "one_pixel.png": "at least",
+        "float_all_nan.tif": "NaN",
+        "truncated_0.5.jpg": "truncated",
+        "truncated_0.5.dcm": "damaged",
     }[name]
     assert expected in str(raised.value)
 
@@ -92,8 +140,15 @@ def test_odd_but_valid_files_load_with_a_warning(name):
 @pytest.mark.parametrize(
     "name",
     [
-        "all_black.png", "all_white.jpg", "all_zero_16bit.png", "all_max_16bit.png", "extreme_aspect.png",
-        "noise.png", "dicom_rle.dcm", "dicom_bare.dcm", "cmyk.jpg",
+        "all_black.png",
+        "all_white.jpg",
+        "all_zero_16bit.png",
+        "all_max_16bit.png",
+        "extreme_aspect.png",
+        "noise.png",
+        "dicom_rle.dcm",
+        "dicom_bare.dcm",
+        "cmyk.jpg",
     ],
 )
 def test_odd_but_valid_files_load(name):
@@ -152,14 +207,27 @@ def test_random_arrays_round_trip_or_fail_cleanly(case):
 def test_random_dicoms_load_or_fail_cleanly(stored, photometric, slope, window, bits):
     data = dicom_bytes(stored, photometric=photometric, slope=slope, intercept=3.0, window=window, bits_stored=bits)
     image = _load_or_input_error(data)
-    if min(stored.shape) >= MIN_SIDE:  # intact pixels, large enough: odd header values are noted or ignored, never refused
+    if (
+        min(stored.shape) >= MIN_SIDE
+    ):  # intact pixels, large enough: odd header values are noted or ignored, never refused
         assert image is not None and image.pixels.shape == stored.shape
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     st.binary(min_size=0, max_size=600),
-    st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"GIF89a", b"BM", bytes(128) + b"DICM", b"\x08\x00\x05\x00"]),
+    st.sampled_from(
+        [
+            b"",
+            b"\x89PNG\r\n\x1a\n",
+            b"\xff\xd8\xff",
+            b"II*\x00",
+            b"GIF89a",
+            b"BM",
+            bytes(128) + b"DICM",
+            b"\x08\x00\x05\x00",
+        ]
+    ),
 )
 def test_random_bytes_behind_real_signatures_fail_cleanly(body, signature):
     _load_or_input_error(signature + body)

@@ -55,9 +55,31 @@ def test_films_without_a_reference_mask_get_no_guidance(tmp_path):
 def test_a_guided_run_trains_and_its_card_rebuilds_the_finer_grid(tmp_path):
     data = make_tiny_dataset(tmp_path / "data" / "train", per_class=12, masks=tmp_path / "masks" / "train")
     out = tmp_path / "out"
-    train_main(["--data", str(data.parent), "--out", str(out), "--work", str(tmp_path / "work"), "--arch", TINY_ARCH,
-                "--input-size", str(TINY_SIZE), "--epochs", "1", "--threads", "1", "--lung-masks", str(tmp_path / "masks"),
-                "--lung-guidance", "1", "--output-stride", "16", "--bf16"])  # fmt: skip
+    train_main(
+        [
+            "--data",
+            str(data.parent),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--arch",
+            TINY_ARCH,
+            "--input-size",
+            str(TINY_SIZE),
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--lung-masks",
+            str(tmp_path / "masks"),
+            "--lung-guidance",
+            "1",
+            "--output-stride",
+            "16",
+            "--bf16",
+        ]
+    )
     card = json.loads((out / "classifier.json").read_text())
     assert card["training"]["config"]["lung_guidance"] == 1.0 and card["training"]["config"]["bf16"] is True
     assert card["model_kwargs"] == {"output_stride": 16}

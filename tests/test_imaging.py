@@ -15,8 +15,8 @@ import pytest
 from fuzz_corpus import PHI_ID, PHI_NAME, dicom_bytes, encode, png16, synthetic_radiograph, to_uint8
 from PIL import Image
 
-from xray_xai.imaging import MAX_PIXELS, MIN_SIDE, InputError, LoadedImage, load_image
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from xray_xai.imaging import MAX_PIXELS, MIN_SIDE, InputError, LoadedImage, load_image
 from xray_xai.preprocess import preprocess, read_dataset_image, to_model_size
 
 SIZE, MEAN, STD = 224, 0.5, 0.25
@@ -34,7 +34,12 @@ def _tiff(array: np.ndarray, mode: str | None = None) -> bytes:
 
 def _with_exif_orientation(u8: np.ndarray, orientation: int, fmt: str, **params) -> bytes:
     """``u8`` stored so that applying EXIF ``orientation`` displays it upright."""
-    undo = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1), 2: lambda a: a[:, ::-1]}
+    undo = {
+        3: lambda a: np.rot90(a, 2),
+        6: lambda a: np.rot90(a, 1),
+        8: lambda a: np.rot90(a, -1),
+        2: lambda a: a[:, ::-1],
+    }
     image = Image.fromarray(np.ascontiguousarray(undo[orientation](u8)))
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -176,7 +181,9 @@ def test_dicom_window_and_voi_lut_are_applied():
 
 # DICOM PS3.3 C.11.2.1.2.1 and C.11.2.1.3: the VOI LUT functions, here with output range [0, 1].
 VOI_FUNCTIONS = {
-    "LINEAR": lambda x, c, w: np.select([x <= c - 0.5 - (w - 1) / 2, x > c - 0.5 + (w - 1) / 2], [0.0, 1.0], (x - (c - 0.5)) / (w - 1) + 0.5),
+    "LINEAR": lambda x, c, w: np.select(
+        [x <= c - 0.5 - (w - 1) / 2, x > c - 0.5 + (w - 1) / 2], [0.0, 1.0], (x - (c - 0.5)) / (w - 1) + 0.5
+    ),
     "LINEAR_EXACT": lambda x, c, w: np.select([x <= c - w / 2, x > c + w / 2], [0.0, 1.0], (x - c) / w + 0.5),
     "SIGMOID": lambda x, c, w: 1 / (1 + np.exp(-4 * (x - c) / w)),
 }
@@ -186,7 +193,9 @@ VOI_FUNCTIONS = {
 def test_dicom_window_functions_follow_the_standard(function):
     stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (32, 1))  # 0..4080
     slope, intercept, center, width = 2.0, -1000.0, 2500.0, 2001.0
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(stored, slope=slope, intercept=intercept, window=(center, width), bits_stored=12)))
+    ds = pydicom.dcmread(
+        io.BytesIO(dicom_bytes(stored, slope=slope, intercept=intercept, window=(center, width), bits_stored=12))
+    )
     ds.VOILUTFunction = function
     buffer = io.BytesIO()
     ds.save_as(buffer)

@@ -9,7 +9,6 @@ from captum.attr import Occlusion
 from torch import nn
 
 from xray_xai.explain import _occlusion_engine as occlusion_engine
-from xray_xai.models.factory import create_model
 from xray_xai.explain.occlusion import (
     OcclusionError,
     make_baseline,
@@ -17,6 +16,7 @@ from xray_xai.explain.occlusion import (
     occlusion_map_naive,
     window_positions,
 )
+from xray_xai.models.factory import create_model
 
 SIZE = 48
 

@@ -10,8 +10,8 @@ import pytest
 from fuzz_corpus import encode, synthetic_radiograph, to_uint8
 from PIL import Image
 
-from xray_xai.imaging import LoadedImage, load_image
 from xray_xai.checkpoint import PROJECT_ROOT
+from xray_xai.imaging import LoadedImage, load_image
 from xray_xai.models.ood import CHEST_TEMPLATE, MAX_ASPECT, assess_ood, image_stats, quality_reasons
 from xray_xai.results import OODResult, to_jsonable
 

@@ -14,8 +14,8 @@ from PIL import Image
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai import DISCLAIMER
 from xray_xai.__main__ import main as cli_main
-from xray_xai.models.classifier import Classifier
 from xray_xai.imaging import InputError
+from xray_xai.models.classifier import Classifier
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.ui.overlay import draw_result
 
@@ -29,7 +29,9 @@ def checkpoint(tmp_path_factory) -> Path:
         "screening": {"threshold": 0.0, "sensitivity": 1.0, "specificity": 0.0},
         "rule_in": {"threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0},
     }
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), temperature=2.0, arch="resnet18", size=SIZE, operating_points=points)
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt"), temperature=2.0, arch="resnet18", size=SIZE, operating_points=points
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,9 @@ def radiograph(tmp_path) -> Path:
 
 def test_full_analysis(pipeline, radiograph):
     calls = []
-    result = pipeline.analyze(radiograph, Options(occlusion="fast"), progress=lambda done, total: calls.append((done, total)))
+    result = pipeline.analyze(
+        radiograph, Options(occlusion="fast"), progress=lambda done, total: calls.append((done, total))
+    )
     analysis = result.analysis
     assert set(result.maps) == {"gradcam", "occlusion"}
     for heat in result.maps.values():
@@ -68,7 +72,9 @@ def test_first_pass_has_no_occlusion_yet(pipeline, radiograph):
 
 
 def test_operating_points_change_only_the_decision(pipeline, radiograph):
-    screening = pipeline.first_pass(radiograph, Options(operating_point="screening", occlusion="off")).analysis.prediction
+    screening = pipeline.first_pass(
+        radiograph, Options(operating_point="screening", occlusion="off")
+    ).analysis.prediction
     rule_in = pipeline.first_pass(radiograph, Options(operating_point="rule_in", occlusion="off")).analysis.prediction
     assert screening.probability == pytest.approx(rule_in.probability)
     assert (screening.label, rule_in.label) == ("PNEUMONIA", "NORMAL")
@@ -97,13 +103,38 @@ def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
     bad = tmp_path / "broken.jpeg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "out"
-    status = cli_main(["analyze", str(radiograph), str(bad), "--out", str(out), "--checkpoint", str(checkpoint), "--lung-checkpoint", str(tmp_path / "none.json")])
+    status = cli_main(
+        [
+            "analyze",
+            str(radiograph),
+            str(bad),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--lung-checkpoint",
+            str(tmp_path / "none.json"),
+        ]
+    )
     assert status == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["input"] for r in rows] == [str(radiograph), str(bad)]
     good, broken = rows
     assert good["ok"] and good["error"] is None
-    for key in ("label", "probability", "band", "operating_point", "threshold", "ood", "agreement", "report", "anatomy", "similar", "track_record", "boxes"):
+    for key in (
+        "label",
+        "probability",
+        "band",
+        "operating_point",
+        "threshold",
+        "ood",
+        "agreement",
+        "report",
+        "anatomy",
+        "similar",
+        "track_record",
+        "boxes",
+    ):
         assert key in good
     assert set(good["ood"]) == {"flagged", "reasons", "distance", "threshold", "not_radiograph"}  # the app's JSON
     assert all((out / name).is_file() for name in good["overlays"])
@@ -112,7 +143,10 @@ def test_analyze_cli(checkpoint, radiograph, tmp_path, capsys):
 
 def test_analyze_cli_without_occlusion(checkpoint, radiograph, tmp_path):
     out = tmp_path / "out"
-    assert cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"]) == 0
+    assert (
+        cli_main(["analyze", str(radiograph), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"])
+        == 0
+    )
     row = json.loads((out / "results.jsonl").read_text())
     assert row["ok"] and row["agreement"] is None
 
@@ -137,7 +171,8 @@ def test_fuzz_corpus_through_the_whole_analysis(pipeline):
 
 def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_path, caplog):
     """Name, id and dates in a DICOM header appear nowhere: report, JSON, warnings, CLI rows, logs."""
-    from tests.fuzz_corpus import PHI_ID, PHI_NAME, dicom_bytes, synthetic_radiograph as chest
+    from tests.fuzz_corpus import PHI_ID, PHI_NAME, dicom_bytes
+    from tests.fuzz_corpus import synthetic_radiograph as chest
 
     stored = np.round(chest(200, 240) * 4095).astype(np.uint16)
     path = tmp_path / "export"  # no extension: recognised by content
@@ -150,7 +185,9 @@ def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_p
         pipeline.analyze(broken)
     texts.append(str(error.value))
     out = tmp_path / "out"
-    cli_main(["analyze", str(path), str(broken), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"])
+    cli_main(
+        ["analyze", str(path), str(broken), "--out", str(out), "--checkpoint", str(checkpoint), "--occlusion", "off"]
+    )
     texts.append((out / "results.jsonl").read_text())
     texts.append(caplog.text)
     for secret in (PHI_NAME, "Doe", "Jane", PHI_ID):
@@ -170,7 +207,9 @@ def test_heavy_packages_wait_for_the_warm_up(checkpoint):
         "print(all(m in sys.modules for m in ('pytorch_grad_cam', 'scipy.stats')))\n"
     )
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", script, str(checkpoint)], cwd=root, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(checkpoint)], cwd=root, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["[]", "True"]
 
 

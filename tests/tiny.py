@@ -64,7 +64,9 @@ def lung_mask(height: int, width: int) -> np.ndarray:
     return np.where(inside, 255, 0).astype(np.uint8)
 
 
-def make_tiny_dataset(root: Path, per_class: int = 4, sizes=((40, 36), (48, 64)), masks: Path | None = None, seed: int = 0) -> Path:
+def make_tiny_dataset(
+    root: Path, per_class: int = 4, sizes=((40, 36), (48, 64)), masks: Path | None = None, seed: int = 0
+) -> Path:
     """``root/{NORMAL,PNEUMONIA}/*.png`` with dataset-style names (and masks under ``masks`` if given)."""
     rng = np.random.default_rng(seed)
     for label, name in enumerate(CLASSES):

@@ -73,7 +73,11 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """Expected calibration error of P(positive) over ``n_bins`` equal-width bins."""
     total = len(probs)
     return float(
-        sum(b["count"] / total * abs(b["confidence"] - b["accuracy"]) for b in reliability_bins(probs, labels, n_bins) if b["count"])
+        sum(
+            b["count"] / total * abs(b["confidence"] - b["accuracy"])
+            for b in reliability_bins(probs, labels, n_bins)
+            if b["count"]
+        )
     )
 
 
@@ -143,10 +147,25 @@ def operating_points(probs: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
     screening = min(float(candidates[np.flatnonzero(meets_sensitivity)[-1]]), prevalence)
     rule_in = max(float(candidates[np.flatnonzero(meets_specificity)[0]]), prevalence)
     return {
-        "balanced": _point(probs, labels, prevalence, "maximum Youden's J for calibrated probabilities",
-                           "the validation prevalence of pneumonia"),
-        "screening": _point(probs, labels, screening, f"validation sensitivity >= {SCREENING_MIN_SENSITIVITY}",
-                            "the highest midpoint between validation scores meeting the target, at most balanced"),
-        "rule_in": _point(probs, labels, rule_in, f"validation specificity >= {RULE_IN_MIN_SPECIFICITY}",
-                          "the lowest midpoint between validation scores meeting the target, at least balanced"),
+        "balanced": _point(
+            probs,
+            labels,
+            prevalence,
+            "maximum Youden's J for calibrated probabilities",
+            "the validation prevalence of pneumonia",
+        ),
+        "screening": _point(
+            probs,
+            labels,
+            screening,
+            f"validation sensitivity >= {SCREENING_MIN_SENSITIVITY}",
+            "the highest midpoint between validation scores meeting the target, at most balanced",
+        ),
+        "rule_in": _point(
+            probs,
+            labels,
+            rule_in,
+            f"validation specificity >= {RULE_IN_MIN_SPECIFICITY}",
+            "the lowest midpoint between validation scores meeting the target, at least balanced",
+        ),
     }

@@ -110,7 +110,11 @@ def load_tensors(card_path: str | Path, card: Card) -> tuple[dict[str, torch.Ten
     """The verified weights of a card as a float32 state dict, and the extra tensors stored beside them
     (e.g. feature statistics for out-of-distribution checks)."""
     tensors = load_file(str(verified_file(Path(card_path), card.weights, card.sha256)))
-    state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
+    state = {
+        k.removeprefix("model."): v.float() if v.is_floating_point() else v
+        for k, v in tensors.items()
+        if k.startswith("model.")
+    }
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return state, extras
 
@@ -135,7 +139,11 @@ def save_checkpoint(
     save_file(tensors, str(tmp))
     os.replace(tmp, weights_path)
     card.weights = weights_path.name
-    card.weights_dtype = "float32" if dtype == torch.float32 else f"{str(dtype).removeprefix('torch.')} convolution kernels, float32 elsewhere"
+    card.weights_dtype = (
+        "float32"
+        if dtype == torch.float32
+        else f"{str(dtype).removeprefix('torch.')} convolution kernels, float32 elsewhere"
+    )
     card.sha256 = sha256_file(weights_path)
     card.to_json(card_path)
     return card

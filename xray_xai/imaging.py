@@ -57,7 +57,9 @@ MIN_SIDE = 32  # below this a radiograph carries no usable detail (the model see
 SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
 # File suffixes taken when a folder is read (DICOM is recognised by content, so DICOM exports
 # without a suffix are taken too).
-IMAGE_SUFFIXES = frozenset({"", ".png", ".jpg", ".jpeg", ".mpo", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset(
+    {"", ".png", ".jpg", ".jpeg", ".mpo", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom"}
+)
 _RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")  # JPEG includes MPO
 _COLOUR_SAMPLE_SIDE = 256  # colourfulness is measured on a thumbnail of at most this side
 
@@ -196,7 +198,9 @@ def _load_raster(data: bytes) -> LoadedImage:
     try:
         image = Image.open(io.BytesIO(data), formats=_RASTER_FORMATS)
     except Image.DecompressionBombError:
-        raise InputError(f"The image is too large to analyse (the limit is {MAX_PIXELS / 1e6:.0f} megapixels).") from None
+        raise InputError(
+            f"The image is too large to analyse (the limit is {MAX_PIXELS / 1e6:.0f} megapixels)."
+        ) from None
     except UnidentifiedImageError:
         raise InputError(_describe_non_image(data)) from None
     except Exception as exc:  # a damaged header can raise anything from a plugin
@@ -322,7 +326,8 @@ def _load_dicom(data: bytes) -> LoadedImage:
         raise InputError(_DICOM_DAMAGED) from None  # the cause may quote header values
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InputError(
-            "The DICOM file contains no image (no pixel data): it may be a report or structured document, or it is incomplete."
+            "The DICOM file contains no image (no pixel data): it may be a report or structured document, "
+            "or it is incomplete."
         )
     try:
         width, height = int(ds.Columns), int(ds.Rows)
@@ -411,7 +416,9 @@ def _apply_window(values: np.ndarray, center: float, width: float, ds: pydicom.D
     return apply_windowing(values, window)
 
 
-def _dicom_colour(frame: np.ndarray, ds: pydicom.Dataset, photometric: str, notes: list[str]) -> tuple[np.ndarray, float]:
+def _dicom_colour(
+    frame: np.ndarray, ds: pydicom.Dataset, photometric: str, notes: list[str]
+) -> tuple[np.ndarray, float]:
     """Colour DICOM (RGB, YBR converted by pydicom, or palette) -> gray pixels and colourfulness."""
     if photometric == "PALETTE COLOR":
         frame = apply_color_lut(frame, ds)

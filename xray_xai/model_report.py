@@ -42,8 +42,13 @@ class Split:
     bands: np.ndarray
 
     @classmethod
-    def from_json(cls, raw: dict) -> "Split":
-        return cls(tuple(raw["file"]), np.asarray(raw["label"], dtype=int), np.asarray(raw["probability"], dtype=np.float64), np.asarray(raw["band"]))
+    def from_json(cls, raw: dict) -> Split:
+        return cls(
+            tuple(raw["file"]),
+            np.asarray(raw["label"], dtype=int),
+            np.asarray(raw["probability"], dtype=np.float64),
+            np.asarray(raw["band"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class ModelReport:
     band_operating_point: str = "balanced"  # the operating point at which the stored bands were given
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelReport":
+    def load(cls, path: str | Path) -> ModelReport:
         path = Path(path)
         raw = json.loads(path.read_text())
         return cls(

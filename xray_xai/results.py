@@ -12,8 +12,7 @@ from typing import Any
 # Confidence bands on the calibrated probability of the reported label: (lower bound, name).
 BANDS: tuple[tuple[float, str], ...] = ((0.90, "High"), (0.60, "Moderate"), (0.0, "Low"))
 BAND_EXPLANATION = (
-    "Confidence band = calibrated probability of the reported label: "
-    "High >= 90%, Moderate 60-90%, Low < 60%."
+    "Confidence band = calibrated probability of the reported label: High >= 90%, Moderate 60-90%, Low < 60%."
 )
 
 
@@ -70,7 +69,9 @@ class MapsSource:
 
     members: tuple[int, ...]
     total: int
-    lung_box_members: tuple[int, ...] = ()  # members that see only the lung box (their maps are not in the film's frame)
+    lung_box_members: tuple[
+        int, ...
+    ] = ()  # members that see only the lung box (their maps are not in the film's frame)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,9 @@ def leak_figures(samples: list[Sample], mask_dir: Path, segmenter: LungSegmenter
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/chest_xray", help="folder with train/ and shift_dev/")
-    parser.add_argument("--masks", default="../shared/data/lung_masks", help="folder with train/ and shift_dev/ reference masks")
+    parser.add_argument(
+        "--masks", default="../shared/data/lung_masks", help="folder with train/ and shift_dev/ reference masks"
+    )
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="whose validation patients to use")
     parser.add_argument("--segmenter", default=str(DEFAULT_LUNG_CHECKPOINT))
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     segmenter = LungSegmenter.load(args.segmenter)
     data, masks = Path(args.data), Path(args.masks)
     figures = {
-        "validation": leak_figures(validation_samples(list_samples(data / "train"), args.checkpoint), masks / "train", segmenter),
+        "validation": leak_figures(
+            validation_samples(list_samples(data / "train"), args.checkpoint), masks / "train", segmenter
+        ),
         "shift_dev": leak_figures(list_samples(data / "shift_dev"), masks / "shift_dev", segmenter),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ AGREE_IOU = 0.4
 DISAGREE_SPEARMAN = 0.2
 DISAGREE_IOU = 0.15
 
+
 def agreement(
     cam_map: np.ndarray,
     occlusion_map: np.ndarray,

@@ -53,7 +53,7 @@ def image_zone_masks(shape: tuple[int, int]) -> dict[str, np.ndarray]:
     level = thirds(np.ones(height, dtype=bool), height)
     left_half = np.arange(width) < width / 2
     out = {}
-    for side, columns in zip(SIDES, (left_half, ~left_half)):
+    for side, columns in zip(SIDES, (left_half, ~left_half), strict=True):
         for index, name in enumerate(LEVELS):
             out[f"{side} {name}"] = (level == index)[:, None] & columns[None, :]
     return out

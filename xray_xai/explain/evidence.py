@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import image_zone_masks, zone_masks
 from ..models.lungs import LungMask
 from ..results import OUTSIDE_KEY, EvidenceBox
+from .anatomy import image_zone_masks, zone_masks
 
 TOP_FRACTION = 0.10  # candidate pixels: the map's hottest 10%
 MAX_BOXES = 3
@@ -28,7 +28,8 @@ MIN_SCORE = 0.01  # regions with less than 1% of the map's mass are not evidence
 
 
 def zone_regions(lung: LungMask | None, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Zone key -> boolean mask at ``shape``: lung zones plus "outside lungs", or image regions without a plausible segmentation."""
+    """Zone key -> boolean mask at ``shape``: lung zones plus "outside lungs", or image regions
+    without a plausible segmentation."""
     if lung is None or not lung.ok:
         return image_zone_masks(shape)
     mask = cv2.resize(lung.mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -44,7 +45,9 @@ def top_regions(heatmap: np.ndarray, top_fraction: float = TOP_FRACTION) -> tupl
     return ndimage.label((positive >= threshold) & (positive > 0), structure=np.ones((3, 3)))
 
 
-def to_upload(rows: slice, cols: slice, map_shape: tuple[int, int], upload_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def to_upload(
+    rows: slice, cols: slice, map_shape: tuple[int, int], upload_shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Map-pixel slices -> ``(x0, y0, x1, y1)`` in upload pixels (end-exclusive, covering every map pixel)."""
     sy, sx = upload_shape[0] / map_shape[0], upload_shape[1] / map_shape[1]
     return (
@@ -56,7 +59,11 @@ def to_upload(rows: slice, cols: slice, map_shape: tuple[int, int], upload_shape
 
 
 def evidence_boxes(
-    heatmap: np.ndarray, method: str, upload_shape: tuple[int, int], zones: dict[str, np.ndarray], max_boxes: int = MAX_BOXES
+    heatmap: np.ndarray,
+    method: str,
+    upload_shape: tuple[int, int],
+    zones: dict[str, np.ndarray],
+    max_boxes: int = MAX_BOXES,
 ) -> tuple[EvidenceBox, ...]:
     """Up to ``max_boxes`` boxes around the map's strongest regions, strongest first.
 

@@ -39,7 +39,9 @@ class Ensemble(nn.Module):
         return tuple(m.forward_features(x) for m in self.members)
 
     def forward_head(self, features: tuple[torch.Tensor, ...], pre_logits: bool = False) -> torch.Tensor:
-        pooled = torch.cat([m.forward_head(f, pre_logits=True) for m, f in zip(self.members, features)], dim=1)
+        pooled = torch.cat(
+            [m.forward_head(f, pre_logits=True) for m, f in zip(self.members, features, strict=True)], dim=1
+        )
         return pooled if pre_logits else self.get_classifier()(pooled)
 
     def get_classifier(self) -> nn.Linear:

@@ -30,7 +30,9 @@ def build_classifier(card: ModelCard) -> torch.nn.Module:
     return Ensemble([create_model(card.arch, **card.model_kwargs) for _ in range(card.members)])
 
 
-def load_checkpoint(card_path: str | Path, segmenter=None) -> tuple[torch.nn.Module, ModelCard, dict[str, torch.Tensor]]:
+def load_checkpoint(
+    card_path: str | Path, segmenter=None
+) -> tuple[torch.nn.Module, ModelCard, dict[str, torch.Tensor]]:
     """Rebuild the classifier of a card, after checking the weight file's sha256.
 
     Returns the model in eval mode (float32, channels_last), its card, and the extra tensors

@@ -20,7 +20,9 @@ def penultimate_features(model: torch.nn.Module, batch: torch.Tensor) -> torch.T
 
 
 @torch.inference_mode()
-def embed(model: torch.nn.Module, films: Sequence[Path], prepare: Callable[[np.ndarray], torch.Tensor], batch_size: int = 32) -> np.ndarray:
+def embed(
+    model: torch.nn.Module, films: Sequence[Path], prepare: Callable[[np.ndarray], torch.Tensor], batch_size: int = 32
+) -> np.ndarray:
     """Pooled penultimate features ``(n, d)`` of dataset films, each turned into model input by ``prepare``."""
     features = []
     for start in tqdm(range(0, len(films), batch_size), desc="embedding", unit="batch", file=sys.stderr):

@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import CheckpointError
 from .ensemble import Ensemble
 from .lungs import LungMask, LungSegmenter
-from ..checkpoint import CheckpointError
 
 LUNG_BOX_MARGIN = 16  # px at 224 around the lungs' bounding box (also the occlusion focus of the app)
 
 
-def framing_box(mask: LungMask | None, shape: tuple[int, int], margin: int = LUNG_BOX_MARGIN) -> tuple[int, int, int, int]:
+def framing_box(
+    mask: LungMask | None, shape: tuple[int, int], margin: int = LUNG_BOX_MARGIN
+) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)`` of the lung box in an image of ``shape`` (end-exclusive), with
     ``margin`` given in px of a 224-px film; the whole image when the mask failed its
     plausibility check (a crop of a wrong mask would hide the lungs)."""
@@ -35,10 +37,17 @@ def framing_box(mask: LungMask | None, shape: tuple[int, int], margin: int = LUN
         return 0, height, 0, width
     size = mask.mask.shape[0]
     y0, y1, x0, x1 = mask.box(margin=int(round(margin * size / 224)))
-    return (int(y0 * height / size), int(np.ceil(y1 * height / size)), int(x0 * width / size), int(np.ceil(x1 * width / size)))
+    return (
+        int(y0 * height / size),
+        int(np.ceil(y1 * height / size)),
+        int(x0 * width / size),
+        int(np.ceil(x1 * width / size)),
+    )
 
 
-def crop_to_lungs(pixels: np.ndarray, segmenter: LungSegmenter, margin: int = LUNG_BOX_MARGIN) -> tuple[np.ndarray, bool]:
+def crop_to_lungs(
+    pixels: np.ndarray, segmenter: LungSegmenter, margin: int = LUNG_BOX_MARGIN
+) -> tuple[np.ndarray, bool]:
     """The lung box of a grayscale [0, 1] film and whether the segmentation was used (False:
     the whole film, because the mask failed its plausibility check)."""
     mask = segmenter.segment(pixels)
@@ -77,7 +86,9 @@ class LungBoxFramer:
             y0, y1, x0, x1 = framing_box(self.segmenter.segment(pixels[i, 0]), tuple(size), self.margin)
             crop = x[i : i + 1, :, y0:y1, x0:x1]
             if crop.shape[-2:] != size:
-                crop = F.interpolate(crop.contiguous(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+                crop = F.interpolate(
+                    crop.contiguous(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True
+                )
             crops.append(crop.clamp(lo, hi))
         return torch.cat(crops).contiguous(memory_format=torch.channels_last)
 
@@ -156,7 +167,9 @@ def framing_segmenter(framing: dict, card_dir: Path) -> LungSegmenter:
         raise CheckpointError(f"The lung segmenter {path} that frames the lung-box members is missing.")
     segmenter = LungSegmenter.load(path)
     if segmenter.card.sha256 != framing.get("segmenter_sha256"):
-        raise CheckpointError(f"The lung segmenter {path} is not the one the classifier was calibrated with (weights sha256 differ).")
+        raise CheckpointError(
+            f"The lung segmenter {path} is not the one the classifier was calibrated with (weights sha256 differ)."
+        )
     return segmenter
 
 

@@ -174,21 +174,32 @@ def check_plausibility(mask: np.ndarray, rules: PlausibilityRules = Plausibility
     """Whether a mask looks like two lung fields; if not, a short reason a user can read."""
     height = mask.shape[0]
     image_left, image_right = main_lungs(mask, rules.min_component)
-    sides = (("image's left half (patient's right lung)", image_left), ("image's right half (patient's left lung)", image_right))
+    sides = (
+        ("image's left half (patient's right lung)", image_left),
+        ("image's right half (patient's left lung)", image_right),
+    )
     for name, region in sides:
         if region is None:
             return False, f"No lung field found on the {name}."
     for name, region in sides:
         area = region.mean()
         if not rules.min_lung_area <= area <= rules.max_lung_area:
-            return False, (f"The lung field on the {name} covers {area:.0%} of the image "
-                           f"(expected {rules.min_lung_area:.0%}-{rules.max_lung_area:.0%}).")
+            return False, (
+                f"The lung field on the {name} covers {area:.0%} of the image "
+                f"(expected {rules.min_lung_area:.0%}-{rules.max_lung_area:.0%})."
+            )
         top, bottom = _row_extent(region)
         if (bottom - top + 1) / height < rules.min_lung_height:
-            return False, f"The lung field on the {name} is too short ({(bottom - top + 1) / height:.0%} of the image height)."
+            return (
+                False,
+                f"The lung field on the {name} is too short ({(bottom - top + 1) / height:.0%} of the image height).",
+            )
         centre = np.nonzero(region)[0].mean() / height
         if not rules.centroid_rows[0] <= centre <= rules.centroid_rows[1]:
-            return False, f"The lung field on the {name} sits too high or too low (centre at {centre:.0%} of the image height)."
+            return (
+                False,
+                f"The lung field on the {name} sits too high or too low (centre at {centre:.0%} of the image height).",
+            )
     (top_a, bottom_a), (top_b, bottom_b) = _row_extent(image_left), _row_extent(image_right)
     overlap = (min(bottom_a, bottom_b) - max(top_a, top_b) + 1) / min(bottom_a - top_a + 1, bottom_b - top_b + 1)
     if overlap < rules.min_vertical_overlap:
@@ -230,7 +241,7 @@ class LungSegmenter:
         self.rules = card.rules()
 
     @classmethod
-    def load(cls, card_path: str | Path = DEFAULT_LUNG_CHECKPOINT) -> "LungSegmenter":
+    def load(cls, card_path: str | Path = DEFAULT_LUNG_CHECKPOINT) -> LungSegmenter:
         """Load ``lungs.json`` and its weights (sha256-checked; raises CheckpointError)."""
         card = read_card(card_path, LungCard)
         model = build_model(card)

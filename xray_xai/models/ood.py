@@ -107,7 +107,9 @@ def image_stats(image: LoadedImage) -> ImageStats:
     centred = thumb64 - thumb64.mean()
     lag_products = min((centred[:, 1:] * centred[:, :-1]).mean(), (centred[1:] * centred[:-1]).mean())
     smoothness = float(lag_products / centred.var()) if centred.var() > 1e-12 else 1.0
-    thumb8 = np.asarray(Image.fromarray(to_model_size(pixels, 32)).resize((8, 8), Image.Resampling.BOX), dtype=np.float64)
+    thumb8 = np.asarray(
+        Image.fromarray(to_model_size(pixels, 32)).resize((8, 8), Image.Resampling.BOX), dtype=np.float64
+    )
     spread = thumb8.std()
     matches = tuple(
         float(((thumb8 - thumb8.mean()) / spread * np.rot90(CHEST_TEMPLATE, k)).mean()) if spread > 1e-6 else 0.0
@@ -164,15 +166,16 @@ def _quality(image: LoadedImage) -> tuple[list[str], bool]:
     return reasons, False
 
 
-def assess_ood(
-    image: LoadedImage, feature_distance: float | None = None, threshold: float | None = None
-) -> OODResult:
+def assess_ood(image: LoadedImage, feature_distance: float | None = None, threshold: float | None = None) -> OODResult:
     """Combine the image-level checks with the feature-space distance into one :class:`OODResult`."""
     reasons, not_radiograph = _quality(image)
     if feature_distance is not None and threshold is not None and feature_distance > threshold:
         reasons.append(
             "The model's internal features for this image are unlike those of its training radiographs "
-            f"(distance {feature_distance:.1f}, above the threshold {threshold:.1f} that 1% of validation radiographs exceed)."
+            f"(distance {feature_distance:.1f}, above the threshold {threshold:.1f} "
+            "that 1% of validation radiographs exceed)."
         )
     distance = None if feature_distance is None else float(feature_distance)
-    return OODResult(bool(reasons), tuple(reasons), distance, None if threshold is None else float(threshold), not_radiograph)
+    return OODResult(
+        bool(reasons), tuple(reasons), distance, None if threshold is None else float(threshold), not_radiograph
+    )

@@ -33,8 +33,8 @@ from ..results import SimilarCase
 DEFAULT_INDEX = PROJECT_ROOT / "checkpoints" / "similar.json"
 K = 6  # neighbours shown per analysis
 ATTRIBUTION = (
-    "Similar films: training split of Kermany, Zhang and Goldbaum (2018), \"Labeled Optical Coherence "
-    "Tomography (OCT) and Chest X-Ray Images for Classification\", Mendeley Data v2, "
+    'Similar films: training split of Kermany, Zhang and Goldbaum (2018), "Labeled Optical Coherence '
+    'Tomography (OCT) and Chest X-Ray Images for Classification", Mendeley Data v2, '
     "doi:10.17632/rscbjbr9sj.2, CC BY 4.0 (thumbnails downscaled to grayscale)."
 )
 
@@ -59,7 +59,7 @@ class FeatureSpace:
     explained_variance: float  # share of the standardised variance the p axes keep
 
     @classmethod
-    def fit(cls, features: np.ndarray, dims: int) -> "FeatureSpace":
+    def fit(cls, features: np.ndarray, dims: int) -> FeatureSpace:
         """Fit on ``(n, d)`` index features; ``dims`` >= d keeps every axis (exact cosine)."""
         features = np.asarray(features, dtype=np.float64)
         mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-6)
@@ -67,13 +67,17 @@ class FeatureSpace:
         p = min(dims, axes.shape[0])
         energy = singular**2
         kept = float(energy[:p].sum() / energy.sum()) if energy.sum() > 0 else 1.0
-        return cls(mean.astype(np.float32), scale.astype(np.float32), np.ascontiguousarray(axes[:p].T, dtype=np.float32), kept)
+        return cls(
+            mean.astype(np.float32), scale.astype(np.float32), np.ascontiguousarray(axes[:p].T, dtype=np.float32), kept
+        )
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """``(m, d)`` features -> ``(m, p)`` unit-length embeddings (float32)."""
         features = np.asarray(features, dtype=np.float32)
         if features.shape[-1] != self.mean.shape[0]:
-            raise StaleIndexError(f"features have {features.shape[-1]} dimensions, the index expects {self.mean.shape[0]}")
+            raise StaleIndexError(
+                f"features have {features.shape[-1]} dimensions, the index expects {self.mean.shape[0]}"
+            )
         projected = np.einsum("md,dp->mp", np.atleast_2d((features - self.mean) / self.scale), self.projection)
         return projected / np.maximum(np.linalg.norm(projected, axis=-1, keepdims=True), 1e-12)
 
@@ -136,7 +140,8 @@ class SimilarIndex:
         rows, sims = nearest(self.embeddings, self.space.embed(np.reshape(features, (1, -1))), k)
         sims = np.clip(sims, -1.0, 1.0)  # float16 embeddings can overshoot by ~1e-4
         return tuple(
-            SimilarCase(self.card.ids[r], self.card.classes[self.labels[r]], round(float(s), 4)) for r, s in zip(rows[0], sims[0])
+            SimilarCase(self.card.ids[r], self.card.classes[self.labels[r]], round(float(s), 4))
+            for r, s in zip(rows[0], sims[0], strict=True)
         )
 
     def __post_init__(self) -> None:
@@ -170,14 +175,18 @@ class SimilarIndex:
         return self.card
 
     @classmethod
-    def load(cls, card_path: str | Path = DEFAULT_INDEX) -> "SimilarIndex":
+    def load(cls, card_path: str | Path = DEFAULT_INDEX) -> SimilarIndex:
         card_path = Path(card_path)
         if not card_path.is_file():
-            raise SimilarIndexError(f"Similar-case index not found: {card_path}. Build it with python -m xray_xai.artifacts.similar_index.")
+            raise SimilarIndexError(
+                f"Similar-case index not found: {card_path}. Build it with python -m xray_xai.artifacts.similar_index."
+            )
         card = IndexCard.from_json(card_path)
         t = load_file(str(verified_file(card_path, card.weights, card.sha256, SimilarIndexError)))
         space = FeatureSpace(t["mean"], t["scale"], t["projection"], card.explained_variance)
-        return cls(card, space, t["embeddings"].astype(np.float32), t["labels"].astype(np.int64), t["thumbnails"], t["offsets"])
+        return cls(
+            card, space, t["embeddings"].astype(np.float32), t["labels"].astype(np.int64), t["thumbnails"], t["offsets"]
+        )
 
 
 def load_matching(card_path: str | Path, classifier_sha256: str) -> SimilarIndex | None:
@@ -196,8 +205,9 @@ def load_matching(card_path: str | Path, classifier_sha256: str) -> SimilarIndex
         log.warning(
             "Similar cases disabled: the index %s was built with classifier weights %s..., not the loaded %s...; "
             "rebuild it with python -m xray_xai.artifacts.similar_index.",
-            Path(card_path).name, index.card.classifier_sha256[:12], classifier_sha256[:12],
+            Path(card_path).name,
+            index.card.classifier_sha256[:12],
+            classifier_sha256[:12],
         )
         return None
     return index
-

@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> dict:
     card_path, out = Path(args.checkpoint), Path(args.out)
     if out.resolve().parent == card_path.resolve().parent:
         raise SystemExit(
-            f"Refusing to write next to {card_path}: write a candidate elsewhere (default {DEFAULT_OUT}) and copy it if it ships."
+            f"Refusing to write next to {card_path}: write a candidate elsewhere (default {DEFAULT_OUT}) "
+            "and copy it if it ships."
         )
     card = read_card(card_path)
     cache = out.parent / SCORES_FILE
@@ -423,7 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
         "alpha_rule": alpha_rule(args.alphas, args.max_inconclusive)
         if args.alpha == "auto"
         else "given on the command line",
-        "fitted_on": f"validation: {len(y)} films of the checkpoint's validation patients (DATA/train), read with read_dataset_image",
+        "fitted_on": f"validation: {len(y)} films of the checkpoint's validation patients (DATA/train), "
+        "read with read_dataset_image",
         "validation_by_alpha": by_alpha,
     }
     groups = np.array([patient_id(name.split("/", 1)[1]) for name in val["files"]])
@@ -486,7 +488,8 @@ def summary(report: dict) -> str:
     lines = [
         f"alpha {report['alpha']} ({report['alpha_rule']})",
         f"q_normal {report['conformal']['q_normal']:.4f} (NORMAL kept when p <= it), "
-        f"q_pneumonia {report['conformal']['q_pneumonia']:.4f} (PNEUMONIA kept when p >= {1 - report['conformal']['q_pneumonia']:.4f})",
+        f"q_pneumonia {report['conformal']['q_pneumonia']:.4f} "
+        f"(PNEUMONIA kept when p >= {1 - report['conformal']['q_pneumonia']:.4f})",
     ]
     lines.append(
         "validation cross-fitted by alpha: "
@@ -499,7 +502,8 @@ def summary(report: dict) -> str:
     lines.append(
         "validation by alpha: "
         + "; ".join(
-            f"{a}: inconclusive {100 * f['inconclusive']:.1f}%, decisive right {100 * (f['decisive_accuracy'] or 0):.2f}%"
+            f"{a}: inconclusive {100 * f['inconclusive']:.1f}%, "
+            f"decisive right {100 * (f['decisive_accuracy'] or 0):.2f}%"
             for a, f in report["validation_by_alpha"].items()
         )
     )
@@ -518,13 +522,15 @@ def summary(report: dict) -> str:
     for name in OPERATING_POINTS:
         b, a = report["operating_points"]["before"][name], report["operating_points"]["after"][name]
         lines.append(
-            f"{name}: threshold {b['threshold']:.4f} -> {a['threshold']:.4f} (validation sens {a['sensitivity']:.4f}, spec {a['specificity']:.4f})"
+            f"{name}: threshold {b['threshold']:.4f} -> {a['threshold']:.4f} "
+            f"(validation sens {a['sensitivity']:.4f}, spec {a['specificity']:.4f})"
         )
     if "shift" in report:
         points = report["shift"]["operating_points"]
         for name in OPERATING_POINTS:
             lines.append(
-                f"shift {name} (t={points[name]['threshold']:.4f}): sensitivity {_pct(points[name]['sensitivity'])}, specificity {_pct(points[name]['specificity'])}"
+                f"shift {name} (t={points[name]['threshold']:.4f}): "
+                f"sensitivity {_pct(points[name]['sensitivity'])}, specificity {_pct(points[name]['specificity'])}"
             )
         for key in ("screening_minus_balanced_sensitivity", "rule_in_minus_balanced_specificity"):
             f = points[key]

@@ -90,14 +90,21 @@ def draw_boxes(rgb: np.ndarray, boxes: tuple[EvidenceBox, ...], upload_shape: tu
     thickness = max(1, round(min(rgb.shape[:2]) / 200))
     for rank, box in enumerate(boxes, start=1):
         top_left = (int(box.x0 * sx), int(box.y0 * sy))
-        bottom_right = (max(top_left[0], int(math.ceil(box.x1 * sx)) - 1), max(top_left[1], int(math.ceil(box.y1 * sy)) - 1))
+        bottom_right = (
+            max(top_left[0], int(math.ceil(box.x1 * sx)) - 1),
+            max(top_left[1], int(math.ceil(box.y1 * sy)) - 1),
+        )
         cv2.rectangle(out, top_left, bottom_right, BOX_COLOR, thickness)
         label_at = (top_left[0] + 2 * thickness, top_left[1] + 12 * thickness)
-        cv2.putText(out, str(rank), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, BOX_COLOR, thickness, cv2.LINE_AA)
+        cv2.putText(
+            out, str(rank), label_at, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, BOX_COLOR, thickness, cv2.LINE_AA
+        )
     return out
 
 
-def draw_result(result, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None, boxes: bool = True) -> dict[str, np.ndarray]:
+def draw_result(
+    result, opacity: float = 0.45, outline: bool = True, maps: Iterable[str] | None = None, boxes: bool = True
+) -> dict[str, np.ndarray]:
     """RGB uint8 overlays of a :class:`xray_xai.pipeline.Result` on the upload's own aspect ratio, one
     per map (or per name in ``maps``), with the lung outline when ``outline`` and the segmentation
     is plausible, and each map's evidence boxes when ``boxes``. Only draws: the maps are computed."""
@@ -107,4 +114,7 @@ def draw_result(result, opacity: float = 0.45, outline: bool = True, maps: Itera
     if not boxes:
         return drawn
     frame = result.upload_shape or result.pixels.shape
-    return {name: draw_boxes(rgb, tuple(b for b in result.analysis.boxes if b.method == name), frame) for name, rgb in drawn.items()}
+    return {
+        name: draw_boxes(rgb, tuple(b for b in result.analysis.boxes if b.method == name), frame)
+        for name, rgb in drawn.items()
+    }
