@@ -98,6 +98,7 @@ class CountingAnalyze:
         monkeypatch.setattr(Pipeline, "analyze", analyze)
 
 
+@pytest.mark.slow
 def test_ray_and_local_engines_write_identical_outputs(ray_runtime, films, job, tmp_path):
     """The local engine through the library, Ray through the CLI (on the runtime already running)."""
     local = run(films, tmp_path / "local", job, run_local)

@@ -78,6 +78,7 @@ def test_no_evidence_gives_zeros_not_nan():
     assert np.isfinite(heat).all() and not heat.any()
 
 
+@pytest.mark.slow
 def test_no_hooks_left_after_100_calls(model, image):
     before = hook_count(model)
     for i in range(100):

@@ -28,6 +28,7 @@ def cards(tmp_path, monkeypatch):
     return plain, served
 
 
+@pytest.mark.slow
 def test_scores_through_the_compiled_networks(cards):
     plain, served = Classifier.load(cards[0]), Classifier.load(cards[1])
     assert plain.serving is plain.model and plain.served_runtime.startswith("PyTorch")
@@ -46,6 +47,7 @@ def test_the_environment_overrides_the_card(cards, monkeypatch):
     assert classifier.serving is classifier.model
 
 
+@pytest.mark.slow
 def test_lung_segmenter_is_unchanged_without_a_served_one(cards):
     classifier = Classifier.load(cards[1])
     assert classifier.lung_segmenter(None) is None

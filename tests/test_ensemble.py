@@ -151,6 +151,7 @@ def test_occlusion_of_an_ensemble_is_exact_and_explains_its_probability():
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
+@pytest.mark.slow
 def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_path):
     torch.set_num_threads(1)
     make_tiny_dataset(tmp_path / "data" / "train", per_class=10)

@@ -146,6 +146,7 @@ def test_cli_writes_every_figure(tiny):
         )  # two panels at 120 dpi, drawn
 
 
+@pytest.mark.slow
 def test_cli_limit_classes_and_validation_split(tiny, tmp_path):
     root, checkpoint, data = tiny
     assert run(root, checkpoint, data, tmp_path / "a", "--classes", "NORMAL", "PNEUMONIA", "--limit", "2")["n"] == 2
@@ -169,6 +170,7 @@ class BoxLungs:
 
 
 @pytest.mark.parametrize("ok", [True, False])
+@pytest.mark.slow
 def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, monkeypatch, ok):
     root, checkpoint, data = tiny
     monkeypatch.setattr(faithfulness.LungSegmenter, "load", classmethod(lambda cls, path: BoxLungs(ok)))
@@ -192,6 +194,7 @@ def test_cli_lung_focus_occludes_only_the_box_the_app_occludes(tiny, tmp_path, m
     assert (occlusion(focused) != occlusion(whole)) == ok  # the restricted map ranks pixels differently
 
 
+@pytest.mark.slow
 def test_cli_scores_the_chosen_maps_only(tiny, tmp_path, capsys):
     root, checkpoint, data = tiny
     default = run(root, checkpoint, data, tmp_path / "default")

@@ -131,6 +131,7 @@ def save_segmenter(folder) -> LungCard:
     return LungCard.from_json(folder / "lungs.json")
 
 
+@pytest.mark.slow
 def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(tmp_path):
     lung_card = save_segmenter(tmp_path)
     torch.manual_seed(0)
@@ -183,6 +184,7 @@ def test_checkpoint_with_a_lung_box_member_round_trips_and_checks_its_segmenter(
             load_checkpoint(tmp_path / "bad.json")
 
 
+@pytest.mark.slow
 def test_ensemble_cli_frames_the_lung_box_members_and_explains_with_a_whole_film_member(tmp_path):
     torch.set_num_threads(1)
     data = make_tiny_dataset(tmp_path / "data" / "train", per_class=10).parent

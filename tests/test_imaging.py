@@ -134,6 +134,7 @@ def _example_radiograph() -> np.ndarray | None:
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no trained checkpoint at checkpoints/classifier.json yet")
 @pytest.mark.parametrize("source", ["synthetic", "example"])
+@pytest.mark.slow
 def test_every_variant_gets_the_same_probability(source):
     from xray_xai.models.classifier import Classifier
 

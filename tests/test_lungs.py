@@ -151,6 +151,7 @@ def test_tampered_or_missing_checkpoint_is_refused(tmp_path):
         LungSegmenter.load(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_clis_end_to_end(dataset, tmp_path, capsys):
     out, work = tmp_path / "checkpoints", tmp_path / "work"
     args = [

@@ -62,6 +62,7 @@ def test_matches_naive_loop(resnet, image, baseline, window, stride):
 
 @pytest.mark.parametrize("limit", [0.0, 0.3, 1.0])  # all segments in full, some cropped, all cropped
 @pytest.mark.parametrize("arch", ["resnet10t", "resnet26d"])  # basic + deep stem; bottleneck + avg-pool shortcut
+@pytest.mark.slow
 def test_every_split_of_the_network_is_exact(monkeypatch, image, arch, limit):
     model = sensitive(arch, image)
     naive = occlusion_map_naive(model, image, window=12, stride=5)

@@ -68,6 +68,7 @@ def test_crop_matrices_equal_the_framer_resize(film):
 
 
 @pytest.mark.parametrize("window,stride", [(12, 6), (10, 7)])
+@pytest.mark.slow
 def test_ensemble_map_equals_the_naive_loop(ensemble, film, window, stride):
     naive = occlusion_map_naive(ensemble, film, window=window, stride=stride)
     fast = occlusion_map(ensemble, film, window=window, stride=stride, batch_size=9)
@@ -77,6 +78,7 @@ def test_ensemble_map_equals_the_naive_loop(ensemble, film, window, stride):
     assert fast.probability == pytest.approx(naive.probability, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_served_networks_give_the_same_map(ensemble, film, tmp_path):
     runtime = pytest.importorskip("xray_xai.models.runtime")
     pytest.importorskip("openvino")

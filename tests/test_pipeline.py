@@ -151,6 +151,7 @@ def test_analyze_cli_without_occlusion(checkpoint, radiograph, tmp_path):
     assert row["ok"] and row["agreement"] is None
 
 
+@pytest.mark.slow
 def test_fuzz_corpus_through_the_whole_analysis(pipeline):
     """Every hostile or odd file gives a clear InputError or a complete, valid analysis."""
     from tests.fuzz_corpus import build_corpus
@@ -195,6 +196,7 @@ def test_dicom_patient_data_never_reaches_any_output(pipeline, checkpoint, tmp_p
     assert result.analysis.input_warnings  # the second frame was dropped, with a warning
 
 
+@pytest.mark.slow
 def test_heavy_packages_wait_for_the_warm_up(checkpoint):
     """Start-up stays light: the CAM package, scikit-learn and scipy.stats load on first use (the app's warm-up)."""
     script = (

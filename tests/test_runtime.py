@@ -58,6 +58,7 @@ def reference(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.nda
     return net.get_classifier()(pooled).numpy(), pooled.numpy()
 
 
+@pytest.mark.slow
 def test_compiled_f32_matches_torch_at_batch_1_and_5(net, compiled):
     assert compiled.precision == "f32" and compiled.pooled
     for n in (1, 5):  # one compiled graph, any batch size
@@ -136,6 +137,7 @@ def test_bf16_falls_back_to_f32_without_cpu_support(net, cache, monkeypatch):
         runtime.resolve_precision("fp8")
 
 
+@pytest.mark.slow
 def test_compiled_segmenter_matches_torch(segmenter, cache):
     fast = runtime.accelerate_segmenter(segmenter, "f32", cache=cache)
     assert fast.card is segmenter.card and isinstance(fast.model, runtime.CompiledNet) and not fast.model.pooled
