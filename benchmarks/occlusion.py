@@ -110,37 +110,13 @@ def main() -> None:
         f"({medians['exact'] / app:.2f}x) | captum {medians['captum']:.2f} s ({medians['captum'] / app:.2f}x); "
         f"max |exact - captum| {max_abs_diff:.1e}, max |app - exact| {app_vs_exact:.2f}"
     )
+    app_kw = {"served": classifier.serving, "temperature": temperature, "batch_size": OCCLUSION_BATCH, "reframe": False}
     presets = {}
     for name, preset in OCCLUSION_PRESETS.items():
         full_t, focus_t = [], []
         for _ in range(args.repeats):
-            full_t.append(
-                timed(
-                    lambda p=preset: occlusion_map(
-                        model,
-                        x,
-                        served=classifier.serving,
-                        temperature=temperature,
-                        batch_size=OCCLUSION_BATCH,
-                        reframe=False,
-                        **p,
-                    )
-                )[0]
-            )
-            focus_t.append(
-                timed(
-                    lambda p=preset: occlusion_map(
-                        model,
-                        x,
-                        served=classifier.serving,
-                        temperature=temperature,
-                        batch_size=OCCLUSION_BATCH,
-                        region=LUNG_BOX,
-                        reframe=False,
-                        **p,
-                    )
-                )[0]
-            )
+            full_t.append(timed(lambda p=preset: occlusion_map(model, x, **app_kw, **p))[0])
+            focus_t.append(timed(lambda p=preset: occlusion_map(model, x, region=LUNG_BOX, **app_kw, **p))[0])
         presets[name] = {
             **preset,
             "whole_film_s": statistics.median(full_t),
