@@ -71,9 +71,13 @@ def time_browser(url: str, paths: list[Path]) -> list[tuple[float, float]]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or None)
+        # Offline-safe: without these flags Chromium keeps trying its own background services,
+        # so the page never reaches "networkidle".
+        args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or None, args=args)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(url, wait_until="networkidle")
+        page.goto(url, wait_until="load")
+        page.locator("#upload").wait_for()
         times = []
         for path in paths:
             preview = page.evaluate("() => document.querySelector('#preview img')?.src ?? ''")
