@@ -140,7 +140,7 @@ def main() -> None:
                 "app_vs_exact": app_vs_exact,
                 "max_abs_diff": max_abs_diff,
                 "app_s": app,
-                "torch_s": medians["torch"],
+                "exact_s": medians["exact"],
                 "captum_s": medians["captum"],
                 "fast_preset_s": presets["fast"]["lung_focus_s"],
                 "fine_preset_s": presets["fine"]["lung_focus_s"],
