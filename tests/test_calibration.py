@@ -11,14 +11,13 @@ from xray_xai.calibration import (
     SCREENING_MIN_SENSITIVITY,
     brier,
     candidate_thresholds,
-    ece,
     nll,
     operating_points,
     rates_at,
-    reliability_bins,
     sigmoid,
 )
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT, read_card
+from xray_xai.metrics import ece, reliability_bins
 
 # --- the hand-written metrics these functions replaced, kept here as the reference ---------------
 

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tests.tiny import make_tiny_checkpoint, make_tiny_dataset
 from xray_xai.artifacts import model_report
-from xray_xai.calibration import ece
+from xray_xai.metrics import ece
 from xray_xai.models.classifier import Classifier
 from xray_xai.report import percent
 from xray_xai.results import confidence_band

@@ -8,7 +8,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from xray_xai.calibration import ece, reliability_bins
+from xray_xai.metrics import ece, reliability_bins
 from xray_xai.ui.plots import Mark, Scores, pr_panel, reliability_panel, roc_panel
 
 

@@ -303,7 +303,9 @@ def test_shortcut_warning_names_methods() -> None:
 
 
 def test_percent_truncates_and_zone_ties_are_canonical() -> None:
-    assert [percent(x) for x in (0.29, 0.8999, 0.99999, 1.0, 0.0)] == ["29.0%", "89.9%", "99.9%", "100.0%", "0.0%"]
+    cases = {0.29: "29.0%", 0.8999: "89.9%", 0.99999: "99.9%", 1.0: "100.0%", 0.0: "0.0%", 1e-9: "<0.1%"}
+    cases |= {0.00099: "<0.1%", 0.001: "0.1%"}
+    assert [percent(x) for x in cases] == list(cases.values())
     tied = {"left lower": 0.3, "right upper": 0.3, "left upper": 0.3, "right lower": 0.1}
     assert [key for key, _ in named_zones(tied)] == ["right upper", "left upper", "left lower", "right lower"]
     spread = {key: 0.05 for key in ZONES} | {"left middle": 0.06}

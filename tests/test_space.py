@@ -18,7 +18,7 @@ from xray_xai.calibration import OPERATING_POINTS
 from xray_xai.imaging import InputError, load_image
 from xray_xai.models.classifier import UnknownOperatingPoint
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Result
-from xray_xai.report import build_report, percent
+from xray_xai.report import build_report
 from xray_xai.results import Agreement, Analysis, Anatomy, BandReason, OODResult, OperatingPoint, Prediction
 from xray_xai.ui.handlers import (
     CAM_CAPTION,
@@ -124,18 +124,6 @@ def test_probabilities_add_up_and_match_the_report(probability, shown):
     assert _shown_percentages(html) == shown
     # The report states the same number for the same prediction.
     assert f"Calibrated probability of pneumonia: {shown[0]}." in build_report(Analysis(prediction))
-
-
-def test_percent_edges():
-    assert [percent(x) for x in (0.0, 1e-9, 0.00099, 0.001, 0.8999, 0.99999, 1.0)] == [
-        "0.0%",
-        "<0.1%",
-        "<0.1%",
-        "0.1%",
-        "89.9%",
-        "99.9%",
-        "100.0%",
-    ]
 
 
 def test_uncertainty_and_band_reasons_are_shown_when_present():

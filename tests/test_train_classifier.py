@@ -8,7 +8,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from xray_xai.calibration import brier, ece, nll, sigmoid
+from xray_xai.calibration import brier, nll, sigmoid
+from xray_xai.metrics import ece
 from xray_xai.training.classifier import TrainConfig, same_run
 from xray_xai.training.finalize import calibration_metrics
 

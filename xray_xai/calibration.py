@@ -7,6 +7,8 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import brier_score_loss, log_loss
 
+from .metrics import counts_at
+
 OPERATING_POINTS = ("balanced", "screening", "rule_in")
 SCREENING_MIN_SENSITIVITY = 0.99
 RULE_IN_MIN_SPECIFICITY = 0.99
@@ -48,39 +50,6 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(brier_score_loss(np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64), labels=[0, 1]))
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
-    """Equal-width bins of P(positive): count, mean confidence and observed positive rate."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
-    index = np.minimum((probs * n_bins).astype(int), n_bins - 1)
-    bins = []
-    for b in range(n_bins):
-        member = index == b
-        count = int(member.sum())
-        bins.append(
-            {
-                "lo": b / n_bins,
-                "hi": (b + 1) / n_bins,
-                "count": count,
-                "confidence": float(probs[member].mean()) if count else float("nan"),
-                "accuracy": float(labels[member].mean()) if count else float("nan"),
-            }
-        )
-    return bins
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error of P(positive) over ``n_bins`` equal-width bins."""
-    total = len(probs)
-    return float(
-        sum(
-            b["count"] / total * abs(b["confidence"] - b["accuracy"])
-            for b in reliability_bins(probs, labels, n_bins)
-            if b["count"]
-        )
-    )
-
-
 def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
     """Every threshold that splits the scores differently, in increasing order: 0 (everything
     positive), the midpoints between neighbouring distinct scores (0 and 1 count as neighbours
@@ -90,15 +59,11 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
 
 
 def rates_at(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sensitivity and specificity of ``p >= t`` for each threshold ``t`` (NaN for a class with no films)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels).astype(int)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    positives, negatives = np.sort(probs[labels == 1]), np.sort(probs[labels == 0])
+    """Sensitivity and specificity of ``p >= t`` for each threshold ``t`` (NaN for a class with no
+    films), from :func:`xray_xai.metrics.counts_at`."""
+    tn, fp, fn, tp = counts_at(labels, probs, thresholds).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = (len(positives) - np.searchsorted(positives, thresholds, side="left")) / len(positives)
-        specificity = np.searchsorted(negatives, thresholds, side="left") / len(negatives)
-    return sensitivity, specificity
+        return tp / (tp + fn), tn / (tn + fp)
 
 
 def _point(probs: np.ndarray, labels: np.ndarray, threshold: float, target: str, rule: str) -> dict:

@@ -24,7 +24,6 @@ import numpy as np
 from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .calibration import ece
 from .results import BANDS
 
 CI_LEVEL = 0.95
@@ -111,10 +110,55 @@ def called_pneumonia(probs: Sequence[float], threshold: float) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64) >= threshold
 
 
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
+    """Equal-width bins of P(positive): count, mean confidence and observed positive rate."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    index = np.minimum((probs * n_bins).astype(int), n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        member = index == b
+        count = int(member.sum())
+        bins.append(
+            {
+                "lo": b / n_bins,
+                "hi": (b + 1) / n_bins,
+                "count": count,
+                "confidence": float(probs[member].mean()) if count else float("nan"),
+                "accuracy": float(labels[member].mean()) if count else float("nan"),
+            }
+        )
+    return bins
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of P(positive) over ``n_bins`` equal-width bins."""
+    total = len(probs)
+    return float(
+        sum(
+            b["count"] / total * abs(b["confidence"] - b["accuracy"])
+            for b in reliability_bins(probs, labels, n_bins)
+            if b["count"]
+        )
+    )
+
+
+def counts_at(labels: Sequence[int], probs: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
+    """``(4, T)`` counts (tn, fp, fn, tp) of calling PNEUMONIA when ``p >= t``, for every threshold
+    ``t`` at once (sorted scores and binary search: a sweep over all candidate thresholds costs
+    one sort)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    positives, negatives = np.sort(probs[labels == 1]), np.sort(probs[labels == 0])
+    fn = np.searchsorted(positives, thresholds, side="left")
+    tn = np.searchsorted(negatives, thresholds, side="left")
+    return np.stack([tn, len(negatives) - tn, fn, len(positives) - fn])
+
+
 def confusion_at(labels: Sequence[int], probs: Sequence[float], threshold: float) -> Confusion:
     """The confusion matrix of calling PNEUMONIA when ``p >= threshold``."""
-    cells = 2 * np.asarray(labels, dtype=int) + called_pneumonia(probs, threshold)  # 0 tn, 1 fp, 2 fn, 3 tp
-    tn, fp, fn, tp = np.bincount(cells, minlength=4)
+    tn, fp, fn, tp = counts_at(labels, probs, [threshold])[:, 0]
     return Confusion(float(threshold), int(tn), int(fp), int(fn), int(tp))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import CLASSES
-from ..calibration import OPERATING_POINTS, brier, ece, sigmoid
+from ..calibration import OPERATING_POINTS, brier, sigmoid
 from ..metrics import (
     CI_LEVEL,
     auprc,
@@ -16,6 +16,7 @@ from ..metrics import (
     auroc_interval,
     band_rows,
     both_classes,
+    ece,
     ece_interval,
     finite_or_none,
     paired_auroc_difference,

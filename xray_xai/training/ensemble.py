@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ..calibration import ece, fit_temperature, nll, operating_points, sigmoid
+from ..calibration import fit_temperature, nll, operating_points, sigmoid
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, ModelCard, round_kernels
 from ..cli import DATASET, data_parser, seed_parser, threads_parser
 from ..data import VAL_PATIENTS_FILE, describe_split, list_samples, split_with_patients
+from ..metrics import ece
 from ..models.ensemble import Ensemble
 from ..models.factory import load_checkpoint
 from ..models.framing import LUNG_BOX_MARGIN, frame_members

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..calibration import brier, ece, nll, sigmoid
+from ..calibration import brier, nll, sigmoid
 from ..checkpoint import ModelCard, save_checkpoint
 from ..data import Sample
+from ..metrics import ece
 from ..models.factory import load_checkpoint
 from ..models.features import penultimate_features
 from ..models.framing import unframed

@@ -10,8 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-from ..calibration import ece, reliability_bins
-from ..metrics import auprc, auroc, confusion_at
+from ..metrics import auprc, auroc, confusion_at, ece, reliability_bins
 from ..report import percent
 
 LIMITS = (-0.01, 1.01)
