@@ -170,18 +170,21 @@ EMPTY = {"badge": "", "probability": "", "gradcam": 0, "occlusion": 0, "report":
 
 
 def _toast_after(page, action) -> str:
-    """The text of the one toast that ``action`` raises; the toast is closed and gone afterwards,
-    so a toast still fading out can never be read as the next action's."""
+    """The text of the toast that ``action`` raises; every toast is closed and gone afterwards, so a
+    toast still fading out can never be read as the next action's. On a loaded machine Gradio may
+    deliver the upload's change event twice, hence the same message twice: allowed, but every
+    toast must carry that one message."""
     from playwright.sync_api import expect
 
     toasts = page.locator("[data-testid='toast-text']")
     expect(toasts).to_have_count(0, timeout=30_000)
     action()
-    expect(toasts).to_have_count(1, timeout=TIMEOUT)
-    text = toasts.inner_text()
-    page.locator("[data-testid='toast-close']").click()
+    expect(toasts.first).to_be_visible(timeout=TIMEOUT)
+    texts = set(toasts.all_inner_texts())
+    page.evaluate("() => document.querySelectorAll(\"[data-testid='toast-close']\").forEach((b) => b.click())")
     expect(toasts).to_have_count(0, timeout=30_000)
-    return text
+    assert len(texts) == 1, texts
+    return texts.pop()
 
 
 def _loader_message(path: Path) -> str:
