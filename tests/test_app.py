@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,17 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
+from tests.app_server import free_port, served  # noqa: E402
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph  # noqa: E402
 from xray_xai import DISCLAIMER  # noqa: E402
 from xray_xai.calibration import OPERATING_POINTS  # noqa: E402
 from xray_xai.imaging import InputError, load_image  # noqa: E402
 from xray_xai.models.classifier import Classifier  # noqa: E402
 from xray_xai.pipeline import Pipeline  # noqa: E402
-from xray_xai.ui.handlers import CAM_CHOICES, OCCLUSION_CHOICES, Handlers  # noqa: E402
-from xray_xai.ui.layout import LAUNCH_OPTIONS, build_demo  # noqa: E402
+from xray_xai.ui.handlers import CAM_CHOICES, OCCLUSION_CHOICES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_VALUES = {"operating_point": list(OPERATING_POINTS), "cam_method": CAM_CHOICES, "occlusion": OCCLUSION_CHOICES}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +34,8 @@ def pipeline(tmp_path_factory) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def app_url(pipeline):
-    demo = build_demo(Handlers(pipeline))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served(pipeline) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +134,8 @@ def test_only_predict_and_explain_are_public_and_settings_are_enums(app_url):
 def test_mcp_server_offers_both_endpoints_with_allowed_values(pipeline):
     import httpx
 
-    demo = build_demo(Handlers(pipeline))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, mcp_server=True)
-    try:
-        tools = httpx.get(f"http://127.0.0.1:{port}/gradio_api/mcp/schema", timeout=30).json()
-    finally:
-        demo.close()
+    with served(pipeline, mcp_server=True) as url:
+        tools = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30).json()
     assert {tool["name"] for tool in tools} == {"predict", "explain"}
     assert "not a diagnosis" in next(t for t in tools if t["name"] == "predict")["description"]
     explain = next(t for t in tools if t["name"] == "explain")["inputSchema"]["properties"]
@@ -176,7 +161,7 @@ def test_app_py_starts_and_answers_on_the_committed_checkpoint(tmp_path):
     import sys
     import time
 
-    port = _free_port()
+    port = free_port()
     cache = tmp_path / "gradio"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(cache)}
     log = (tmp_path / "app.log").open("w")

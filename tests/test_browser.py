@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.app_server import served
 from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai import DISCLAIMER
 from xray_xai.imaging import InputError, load_image
 from xray_xai.models.classifier import Classifier
 from xray_xai.pipeline import DISPLAY_MAX_SIDE, Pipeline
-from xray_xai.ui.handlers import Handlers
-from xray_xai.ui.layout import LAUNCH_OPTIONS, build_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -38,12 +36,6 @@ TIMEOUT = 60_000
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class CountingPipeline(Pipeline):
@@ -77,11 +69,8 @@ def pipeline(tmp_path_factory) -> CountingPipeline:
 
 @pytest.fixture(scope="module")
 def app_url(pipeline):
-    demo = build_demo(Handlers(pipeline))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served(pipeline) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
-from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_dataset, smooth_image_like
+from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_dataset, smooth_image_like, train_tiny_members
 
 from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.explain.cam import compute_cam
@@ -21,7 +21,6 @@ from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.report import band_reason_text, maps_source_text
 from xray_xai.results import BandReason, MapsSource
-from xray_xai.training.classifier import main as train_main
 from xray_xai.training.ensemble import closest_member, explainer_section
 from xray_xai.training.ensemble import main as ensemble_main
 
@@ -155,30 +154,7 @@ def test_occlusion_of_an_ensemble_is_exact_and_explains_its_probability():
 def test_ensemble_cli_assembles_calibrates_and_fits_the_uncertainty_limit(tmp_path):
     torch.set_num_threads(1)
     make_tiny_dataset(tmp_path / "data" / "train", per_class=10)
-    cards = []
-    for seed in (1, 2):
-        out = tmp_path / f"member{seed}"
-        train_main(
-            [
-                "--data",
-                str(tmp_path / "data"),
-                "--out",
-                str(out),
-                "--work",
-                str(tmp_path / f"work{seed}"),
-                "--arch",
-                TINY_ARCH,
-                "--input-size",
-                str(SIZE),
-                "--epochs",
-                "1",
-                "--threads",
-                "1",
-                "--seed",
-                str(seed),
-            ]
-        )
-        cards.append(str(out / "classifier.json"))
+    cards = train_tiny_members(tmp_path / "data", tmp_path, SIZE)
     ensemble_main(
         ["--data", str(tmp_path / "data"), "--members", *cards, "--out", str(tmp_path / "ensemble"), "--threads", "1"]
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like
+from tiny import TINY_ARCH, make_tiny_dataset, smooth_image_like, train_tiny_members
 
 from xray_xai.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from xray_xai.models.classifier import Classifier
@@ -29,7 +29,6 @@ from xray_xai.preprocess import normalize, to_model_size
 from xray_xai.report import maps_source_text
 from xray_xai.results import MapsSource
 from xray_xai.training import lung_crops
-from xray_xai.training.classifier import main as train_main
 from xray_xai.training.ensemble import main as ensemble_main
 
 SIZE = 64
@@ -189,30 +188,7 @@ def test_ensemble_cli_frames_the_lung_box_members_and_explains_with_a_whole_film
     torch.set_num_threads(1)
     data = make_tiny_dataset(tmp_path / "data" / "train", per_class=10).parent
     save_segmenter(tmp_path)
-    cards = []
-    for seed in (1, 2):
-        out = tmp_path / f"member{seed}"
-        train_main(
-            [
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-                "--work",
-                str(tmp_path / f"work{seed}"),
-                "--arch",
-                TINY_ARCH,
-                "--input-size",
-                "32",
-                "--epochs",
-                "1",
-                "--threads",
-                "1",
-                "--seed",
-                str(seed),
-            ]
-        )
-        cards.append(str(out / "classifier.json"))
+    cards = train_tiny_members(data, tmp_path, 32)
     common = ["--data", str(data), "--members", *cards, "--segmenter", str(tmp_path / "lungs.json"), "--threads", "1"]
     ensemble_main([*common, "--lung-box", cards[0], "--out", str(tmp_path / "ensemble")])
     card = json.loads((tmp_path / "ensemble" / "classifier.json").read_text())

@@ -86,3 +86,17 @@ def smooth_image_like(size: int) -> np.ndarray:
     """A smooth float32 ``(size, size)`` pattern in [0, 1]: structure for maps to find, no noise."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     return (0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)
+
+
+def train_tiny_members(data: Path, folder: Path, size: int, seeds: tuple[int, ...] = (1, 2)) -> list[str]:
+    """Cards of one-epoch networks trained by the real training command on ``data`` (the folder
+    holding ``train/``), one per seed, under ``folder``: members for the ensemble commands."""
+    from xray_xai.training.classifier import main as train_main
+
+    cards = []
+    for seed in seeds:
+        out, work = folder / f"member{seed}", folder / f"work{seed}"
+        flags = ["--arch", TINY_ARCH, "--input-size", str(size), "--epochs", "1", "--threads", "1", "--seed", str(seed)]
+        train_main(["--data", str(data), "--out", str(out), "--work", str(work), *flags])
+        cards.append(str(out / "classifier.json"))
+    return cards
