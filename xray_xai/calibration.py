@@ -8,10 +8,9 @@ from scipy.special import expit
 from sklearn.metrics import brier_score_loss, log_loss
 
 from .metrics import counts_at
+from .results import RULE_IN_MIN_SPECIFICITY, SCREENING_MIN_SENSITIVITY
 
 OPERATING_POINTS = ("balanced", "screening", "rule_in")
-SCREENING_MIN_SENSITIVITY = 0.99
-RULE_IN_MIN_SPECIFICITY = 0.99
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from .conformal import INCONCLUSIVE
 from .results import (
     BAND_EXPLANATION,
     OUTSIDE_KEY,
+    RULE_IN_MIN_SPECIFICITY,
+    SCREENING_MIN_SENSITIVITY,
     ZONE_KEYS,
     Agreement,
     Analysis,
@@ -32,10 +34,6 @@ from .results import (
 
 TRAINING_DATA = "pediatric (1-5 years) anterior-posterior (AP) chest radiographs"
 ELSEWHERE = "films from another hospital, machine or acquisition batch"
-# The targets of xray_xai.calibration.operating_points (equal by test; not imported, as the
-# calibration module pulls in scipy and scikit-learn, which the app loads only after its warm-up).
-SCREENING_MIN_SENSITIVITY = 0.99
-RULE_IN_MIN_SPECIFICITY = 0.99
 
 # Operating points: (human name, how its threshold was chosen, what holds under shift and what
 # does not). Screening <= balanced <= rule-in by construction (calibration.operating_points):

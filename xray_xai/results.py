@@ -11,6 +11,10 @@ from typing import Any
 
 # Confidence bands on the calibrated probability of the reported label: (lower bound, name).
 BANDS: tuple[tuple[float, str], ...] = ((0.90, "High"), (0.60, "Moderate"), (0.0, "Low"))
+# The validation targets the screening and rule-in operating points are fitted for
+# (xray_xai.calibration.operating_points) and that the report states.
+SCREENING_MIN_SENSITIVITY = 0.99
+RULE_IN_MIN_SPECIFICITY = 0.99
 BAND_EXPLANATION = (
     "Confidence band = calibrated probability of the reported label: High >= 90%, Moderate 60-90%, Low < 60%."
 )

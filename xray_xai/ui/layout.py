@@ -81,6 +81,16 @@ OCCLUSION_HELP = ", ".join(
 )
 
 
+def map_view(caption: str, elem_id: str) -> tuple[gr.Markdown, gr.Image]:
+    """One heatmap: its caption above a large image that opens full screen (``#elem_id``)."""
+    with gr.Column(min_width=300):
+        text = gr.Markdown(caption, elem_classes="map-caption", elem_id=f"{elem_id}-caption")
+        image = gr.Image(
+            show_label=False, format="jpeg", interactive=False, buttons=["fullscreen", "download"], elem_id=elem_id
+        )
+    return text, image
+
+
 def build_analyse_tab(handlers: Handlers) -> None:
     examples = examples_in(EXAMPLES_DIR)
     with gr.Row(equal_height=False):
@@ -112,26 +122,8 @@ def build_analyse_tab(handlers: Handlers) -> None:
                     probability = gr.HTML(elem_id="probability")
                     alerts = gr.Markdown(elem_id="alerts")
             with gr.Row(equal_height=False):
-                with gr.Column(min_width=300):
-                    gradcam_caption = gr.Markdown(CAM_CAPTION, elem_classes="map-caption", elem_id="gradcam-caption")
-                    gradcam = gr.Image(
-                        show_label=False,
-                        format="jpeg",
-                        interactive=False,
-                        buttons=["fullscreen", "download"],
-                        elem_id="gradcam",
-                    )
-                with gr.Column(min_width=300):
-                    occlusion_caption = gr.Markdown(
-                        OCCLUSION_CAPTION, elem_classes="map-caption", elem_id="occlusion-caption"
-                    )
-                    occlusion_view = gr.Image(
-                        show_label=False,
-                        format="jpeg",
-                        interactive=False,
-                        buttons=["fullscreen", "download"],
-                        elem_id="occlusion",
-                    )
+                gradcam_caption, gradcam = map_view(CAM_CAPTION, "gradcam")
+                occlusion_caption, occlusion_view = map_view(OCCLUSION_CAPTION, "occlusion")
             with gr.Row(equal_height=True, elem_id="display"):
                 opacity = gr.Slider(
                     0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", min_width=200, elem_id="opacity"
