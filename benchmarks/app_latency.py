@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from gradio_client import Client, handle_file
-from server import ROOT, running_app
+from server import ROOT, browser_page, running_app, upload_and_wait
 
 
 def time_stream(client: Client, path: Path) -> tuple[float, float]:
@@ -68,33 +67,12 @@ BROWSER_RUN = """async () => {
 
 def time_browser(url: str, paths: list[Path]) -> list[tuple[float, float]]:
     """(first answer, full) seconds per film, as shown in headless Chromium at 1400 x 900."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Offline-safe: without these flags Chromium keeps trying its own background services,
-        # so the page never reaches "networkidle".
-        args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or None, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(url, wait_until="load")
-        page.locator("#upload").wait_for()
-        times = []
+    times = []
+    with browser_page(url) as page:
         for path in paths:
-            preview = page.evaluate("() => document.querySelector('#preview img')?.src ?? ''")
-            clear = page.locator("#upload button[aria-label='Clear']")
-            if clear.count():
-                clear.click()
-            page.locator("#upload input[type=file]").set_input_files(str(path))
-            page.wait_for_function(  # the app's own preview of this upload is shown
-                "(before) => { const img = document.querySelector('#preview img'); "
-                "return img && img.src !== before && img.complete; }",
-                arg=preview,
-                timeout=60_000,
-            )
             # A new upload is analysed by itself: time Analyse only once that analysis is whole.
-            page.locator(f"#download a[download='{path.stem}_analysis.json']").wait_for(timeout=120_000)
+            upload_and_wait(page, path)
             times.append(tuple(page.evaluate(BROWSER_RUN)))
-        browser.close()
     return times
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,3 +57,41 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# Offline-safe: without these flags Chromium keeps trying its own background services, so a
+# page never reaches "networkidle".
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def browser_page(url: str, width: int = 1400, height: int = 900):
+    """Yield a headless Chromium page on the app at ``url``, its upload box shown."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or None, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, wait_until="load")
+            page.locator("#upload").wait_for()
+            yield page
+        finally:
+            browser.close()
+
+
+def upload_and_wait(page, path: Path) -> None:
+    """Upload ``path`` on the page and wait until the analysis it starts by itself is whole
+    (its JSON download, named after the upload, is shown)."""
+    preview = page.evaluate("() => document.querySelector('#preview img')?.src ?? ''")
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    page.wait_for_function(  # the app's own preview of this upload is shown
+        "(before) => { const img = document.querySelector('#preview img'); "
+        "return img && img.src !== before && img.complete; }",
+        arg=preview,
+        timeout=60_000,
+    )
+    page.locator(f"#download a[download='{path.stem}_analysis.json']").wait_for(timeout=120_000)
