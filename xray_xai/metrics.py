@@ -246,11 +246,21 @@ def bootstrap_interval(
     by_class = tuple(np.flatnonzero(labels == label) for label in np.unique(labels))
     if n_resamples <= 0 or len(by_class) != 2 or min(map(len, by_class)) < 2:
         return None
+    return percentile_interval(by_class, lambda *index: statistic(np.concatenate(index)), n_resamples, seed)
+
+
+def percentile_interval(
+    samples: Sequence[np.ndarray], statistic: Callable[..., float], n_resamples: int, seed: int, paired: bool = False
+) -> list[float]:
+    """Percentile bootstrap interval at ``CI_LEVEL`` of ``statistic(*samples)`` as ``[low, high]``
+    (:func:`scipy.stats.bootstrap`, seeded; ``paired`` resamples the arrays' elements together):
+    the one way every reported bootstrap interval is drawn, so they all read the same."""
     result = bootstrap(
-        by_class,
-        lambda *index: statistic(np.concatenate(index)),
-        n_resamples=n_resamples,
+        samples,
+        statistic,
+        paired=paired,
         vectorized=False,
+        n_resamples=n_resamples,
         method="percentile",
         confidence_level=CI_LEVEL,
         rng=np.random.default_rng(seed),

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, bootstrap
+from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
@@ -49,13 +49,13 @@ from ..checkpoint import DEFAULT_CHECKPOINT, ModelCard, read_card
 from ..conformal import INCONCLUSIVE, NORMAL, PNEUMONIA, ConformalThresholds, answers, coverage, fit_mondrian
 from ..data import VAL_PATIENTS_FILE, Sample, list_samples, patient_id, validation_samples
 from ..imaging import InputError, load_image
+from ..metrics import CI_LEVEL, percentile_interval
 from ..preprocess import read_dataset_image
 
 ALPHAS = (0.01, 0.02, 0.05, 0.1)
 MAX_INCONCLUSIVE = 0.10
 SCORES_FILE = "conformal_scores.json"
 DEFAULT_OUT = Path("runs/conformal_candidate/classifier.json")
-CI_LEVEL = 0.95
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -241,18 +241,7 @@ def interval(statistic, *samples: np.ndarray, n_resamples: int = 2000, seed: int
     """Percentile bootstrap interval (95%) of ``statistic(*samples)``, films resampled together."""
     if not samples[0].size:
         return None
-    result = bootstrap(
-        samples,
-        statistic,
-        paired=True,
-        vectorized=False,
-        n_resamples=n_resamples,
-        method="percentile",
-        confidence_level=CI_LEVEL,
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
-    return [float(low), float(high)]
+    return percentile_interval(samples, statistic, n_resamples, seed, paired=True)
 
 
 def share_figure(hits: np.ndarray, n_resamples: int, seed: int) -> dict:
