@@ -45,6 +45,12 @@ def _prefix(scores: Scores) -> str:
     return f"{scores.name}: " if scores.name else ""
 
 
+def _plot_mark(ax: Axes, mark: Mark, x: float, y: float, curve_colour: str) -> None:
+    """``mark`` at ``(x, y)``, drawn alike on every panel: in its curve's colour unless it has its
+    own, and out of the legend (``_mark``) unless it is named."""
+    ax.plot(x, y, mark.marker, color=mark.colour or curve_colour, ms=mark.size, label=mark.label or "_mark")
+
+
 def roc_panel(ax: Axes, curves: Sequence[Scores], title: str) -> None:
     """ROC curves (:meth:`sklearn.metrics.RocCurveDisplay.from_predictions`) with their AUROC and
     film count in the legend, the chance diagonal, and each curve's marked thresholds at their
@@ -62,14 +68,7 @@ def roc_panel(ax: Axes, curves: Sequence[Scores], title: str) -> None:
         colour = display.line_.get_color()
         for mark in scores.marks:
             rates = confusion_at(scores.labels, scores.probs, mark.threshold)
-            ax.plot(
-                1 - rates.specificity,
-                rates.sensitivity,
-                mark.marker,
-                color=mark.colour or colour,
-                ms=mark.size,
-                label=mark.label or "_mark",
-            )
+            _plot_mark(ax, mark, 1 - rates.specificity, rates.sensitivity, colour)
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title=title, xlim=LIMITS, ylim=LIMITS)
     ax.legend(loc="lower right", fontsize=8)
 
@@ -98,14 +97,7 @@ def pr_panel(ax: Axes, curves: Sequence[Scores], title: str) -> None:
         for mark in scores.marks:
             rates = confusion_at(scores.labels, scores.probs, mark.threshold)
             if rates.ppv is not None:
-                ax.plot(
-                    rates.sensitivity,
-                    rates.ppv,
-                    mark.marker,
-                    color=mark.colour or colour,
-                    ms=mark.size,
-                    label=mark.label or "_mark",
-                )
+                _plot_mark(ax, mark, rates.sensitivity, rates.ppv, colour)
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=LIMITS, ylim=LIMITS)
     ax.legend(loc="lower left", fontsize=8)
 
