@@ -1,4 +1,5 @@
-"""Flags shared by the project's commands, as argparse parents, and the validation split they select.
+"""Flags shared by the project's commands, as argparse parents, the validation split they select,
+and the entry point that runs a command.
 
 Each function returns a small ``ArgumentParser(add_help=False)`` holding one flag; a command lists
 the ones it takes in ``parents=[...]``. Defaults differ between commands (``--data`` is required
@@ -9,6 +10,7 @@ command keeps the defaults its documented commands rely on.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import DEFAULT_CHECKPOINT
@@ -61,6 +63,28 @@ def seed_parser(help: str, default: int = 0) -> argparse.ArgumentParser:
     return parser
 
 
+def training_parsers(seed: int, limit_help: str) -> list[argparse.ArgumentParser]:
+    """The flags the training commands open with: ``--data`` (the dataset root: they read its
+    train/), ``--seed`` (``seed`` by default), ``--threads`` and ``--limit``."""
+    return [
+        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
+        seed_parser("initialisation and augmentation", seed),
+        threads_parser(),
+        limit_parser(limit_help),
+    ]
+
+
+def add_schedule_arguments(
+    parser: argparse.ArgumentParser, input_size: int, epochs: int, batch_size: int, lr: float
+) -> None:
+    """Adds a training command's ``--input-size``, ``--epochs``, ``--batch-size`` and ``--lr``
+    (the defaults are its config's), in that order: at the place the command calls it."""
+    parser.add_argument("--input-size", type=int, default=input_size)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+
+
 def split_parser() -> argparse.ArgumentParser:
     """``--split all|val``: every film of ``--data``, or only the checkpoint's validation patients."""
     parser = _parent()
@@ -83,3 +107,18 @@ def validation_split(samples: list[Sample], checkpoint: str | Path) -> list[Samp
 def select(samples: list[Sample], split: str, checkpoint: str | Path) -> list[Sample]:
     """``samples`` for ``--split all``, their validation patients for ``--split val``."""
     return validation_split(samples, checkpoint) if split == "val" else samples
+
+
+def entry_point(run: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], None]:
+    """A command's ``main``: runs ``run(argv)`` and returns None.
+
+    ``run`` returns what the command wrote, for tests and Python callers; ``main`` drops it, since
+    a console script hands ``main``'s return value to ``sys.exit``, which would print a returned
+    report to stderr and exit with status 1.
+    """
+
+    def main(argv: list[str] | None = None) -> None:
+        run(argv)
+
+    main.__doc__ = f"The command line of :func:`{run.__module__}.run` (returns None)."
+    return main

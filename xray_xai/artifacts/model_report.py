@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import CLASSES
-from ..cli import checkpoint_parser, threads_parser, validation_split
+from ..cli import checkpoint_parser, entry_point, threads_parser, validation_split
 from ..data import Sample, list_samples
 from ..models.classifier import Classifier
 from ..pipeline import Options, Pipeline
@@ -157,13 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: writes the report and its error sprite, prints the film counts."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, returning the report it writes."""
+    """The command: writes the report and its error sprite, prints the film counts; returns the
+    report it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     validation = validation_split(list_samples(args.train), args.checkpoint)
@@ -178,6 +174,8 @@ def run(argv: list[str] | None = None) -> dict:
     )
     return report
 
+
+main = entry_point(run)
 
 if __name__ == "__main__":
     main()

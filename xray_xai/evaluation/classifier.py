@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .. import CLASSES
-from ..cli import checkpoint_parser, data_parser, seed_parser, select, split_parser, threads_parser
+from ..cli import checkpoint_parser, data_parser, entry_point, seed_parser, select, split_parser, threads_parser
 from ..data import list_samples
 from ..models.classifier import Classifier
 from .checkpoint_metrics import band_metrics, compute_metrics, versus_metrics
@@ -74,13 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: writes ``OUT/metrics.json``, the predictions and the plots, prints a summary."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, returning the metrics it writes."""
+    """The command: writes ``OUT/metrics.json``, the predictions and the plots, prints a summary;
+    returns the metrics it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint)
@@ -128,6 +124,8 @@ def run(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary))
     return metrics
 
+
+main = entry_point(run)
 
 if __name__ == "__main__":
     main()

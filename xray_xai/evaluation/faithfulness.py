@@ -58,7 +58,16 @@ from tqdm import tqdm  # noqa: E402
 
 from .. import CLASSES  # noqa: E402
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT  # noqa: E402
-from ..cli import checkpoint_parser, data_parser, limit_parser, seed_parser, select, split_parser, threads_parser  # noqa: E402
+from ..cli import (  # noqa: E402
+    checkpoint_parser,
+    data_parser,
+    entry_point,
+    limit_parser,
+    seed_parser,
+    select,
+    split_parser,
+    threads_parser,
+)
 from ..data import Sample, list_samples, mask_path, seeded_subset  # noqa: E402
 from ..explain.anatomy import zone_shares  # noqa: E402
 from ..explain.cam import CAM_METHODS, compute_cam  # noqa: E402
@@ -356,13 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: writes ``OUT/faithfulness.json`` and the curves, prints a summary."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, returning what it writes to ``faithfulness.json``."""
+    """The command: writes ``OUT/faithfulness.json`` and the curves, prints a summary; returns what
+    it writes to ``faithfulness.json``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.lung_checkpoint) if args.lung_focus else None
@@ -459,6 +464,8 @@ def run(argv: list[str] | None = None) -> dict:
     )
     return result
 
+
+main = entry_point(run)
 
 if __name__ == "__main__":
     main()

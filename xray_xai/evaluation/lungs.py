@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT, sha256_file
-from ..cli import checkpoint_parser, data_parser, threads_parser
+from ..cli import checkpoint_parser, data_parser, entry_point, threads_parser
 from ..data import Sample, list_samples, paired, read_mask, select_split
 from ..models.lungs import LungSegmenter
 from ..preprocess import read_dataset_image
@@ -101,13 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: writes ``OUT/lung_metrics.json`` and the contact sheet, prints the summary."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, returning what it writes to ``lung_metrics.json``."""
+    """The command: writes ``OUT/lung_metrics.json`` and the contact sheet, prints the summary;
+    returns what it writes to ``lung_metrics.json``."""
     import torch
 
     args = parse_args(argv)
@@ -132,6 +128,8 @@ def run(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary))
     return metrics
 
+
+main = entry_point(run)
 
 if __name__ == "__main__":
     main()

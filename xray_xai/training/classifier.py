@@ -27,7 +27,7 @@ from timm.utils import ModelEmaV3
 from .. import CLASSES
 from ..calibration import fit_temperature, operating_points, sigmoid
 from ..checkpoint import ModelCard
-from ..cli import DATASET, data_parser, limit_parser, seed_parser, threads_parser
+from ..cli import add_schedule_arguments, training_parsers
 from ..data import (
     SPLIT_SEED,
     VAL_FRACTION,
@@ -345,22 +345,14 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
-    common = [
-        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
-        seed_parser("initialisation and augmentation", defaults.seed),
-        threads_parser(),
-        limit_parser("use only this many images (smoke tests)"),
-    ]
+    common = training_parsers(defaults.seed, "use only this many images (smoke tests)")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
     )
     parser.add_argument("--out", default="checkpoints/", help="where classifier.json and its weights are written")
     parser.add_argument("--work", default="runs/classifier", help="resumable training state")
     parser.add_argument("--arch", default=defaults.arch)
-    parser.add_argument("--input-size", type=int, default=defaults.input_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
+    add_schedule_arguments(parser, defaults.input_size, defaults.epochs, defaults.batch_size, defaults.lr)
     parser.add_argument(
         "--init", default=None, help="fine-tune from this model card's weights (trained on the same validation split)"
     )

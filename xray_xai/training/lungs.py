@@ -28,7 +28,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
-from ..cli import DATASET, data_parser, limit_parser, seed_parser, threads_parser
+from ..cli import add_schedule_arguments, entry_point, training_parsers
 from ..data import (
     SPLIT_SEED,
     VAL_FRACTION,
@@ -258,12 +258,7 @@ def finalize(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = LungTrainConfig()
-    common = [
-        data_parser(DATASET, "folder with train/{NORMAL,PNEUMONIA}"),
-        seed_parser("initialisation and augmentation", defaults.seed),
-        threads_parser(),
-        limit_parser("use only this many training pairs (smoke tests)"),
-    ]
+    common = training_parsers(defaults.seed, "use only this many training pairs (smoke tests)")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=common
     )
@@ -274,23 +269,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", default="runs/lungs", help="resumable training state")
     parser.add_argument("--encoder", default=defaults.encoder, help="smp encoder name ('tu-' = any timm model)")
     parser.add_argument("--decoder-channels", type=int, nargs="+", default=list(defaults.decoder_channels))
-    parser.add_argument("--input-size", type=int, default=defaults.input_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
+    add_schedule_arguments(parser, defaults.input_size, defaults.epochs, defaults.batch_size, defaults.lr)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: trains (or resumes) and writes ``OUT/lungs.json`` and its weights."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> LungCard:
-    """:func:`main`, returning the card it writes."""
+    """The command: trains (or resumes) and writes ``OUT/lungs.json`` and its weights; returns the
+    card it writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     return train(args)
+
+
+main = entry_point(run)
 
 
 if __name__ == "__main__":

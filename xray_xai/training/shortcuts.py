@@ -28,6 +28,7 @@ from ..cli import (
     TRAINING_SET,
     checkpoint_parser,
     data_parser,
+    entry_point,
     limit_parser,
     seed_parser,
     threads_parser,
@@ -89,13 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command: fits the thresholds, writes them into the card and prints its ``explanations``."""
-    run(argv)
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, returning the card's updated ``explanations``."""
+    """The command: fits the thresholds, writes them into the card and prints its ``explanations``;
+    returns the card's updated ``explanations``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.lung_checkpoint).is_file():
@@ -112,6 +109,8 @@ def run(argv: list[str] | None = None) -> dict:
     print(json.dumps(card.explanations))
     return card.explanations
 
+
+main = entry_point(run)
 
 if __name__ == "__main__":
     main()
