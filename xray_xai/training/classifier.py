@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from .finalize import (
     to_input,
 )
 from .guidance import MASK_DILATION, class_activation_map, dilate, load_masks, outside_share
-from .loop import Schedule, Validation, best_weights, run_epochs
+from .loop import Schedule, Validation, best_weights, run_epochs, run_record
 
 # A film without visible structure carries no evidence either way: its target is 50/50 after the
 # prior correction (see ``soft_target``), not the training prior, so that a soft film is never
@@ -301,11 +300,7 @@ def finalize(model, cfg, meta, x_train, x_val, y_train, y_val, val_set, out: Pat
             "history": meta["history"],
         },
         training={
-            "command": " ".join(["python -m xray_xai.training.classifier"] + sys.argv[1:]),
-            "config": asdict(cfg),
-            "epochs_run": meta["epoch"],
-            "wall_time_s": round(meta["elapsed_s"], 1),
-            "torch_threads": torch.get_num_threads(),
+            **run_record("python -m xray_xai.training.classifier", asdict(cfg), meta),
             "optimizer": "AdamW, linear warm-up then cosine decay, EMA of weights",
             "class_balance": "BCE with pos_weight = n_normal / n_pneumonia",
             "prior_correction": meta["prior_correction"],

@@ -109,6 +109,19 @@ def best_weights(work: Path) -> dict[str, torch.Tensor]:
     return load_file(str(work / BEST))
 
 
+def run_record(command: str, config: dict[str, Any], meta: dict) -> dict[str, Any]:
+    """How a trainer's run went, as its card's ``training`` record opens for every trainer: the
+    ``command`` (``python -m MODULE``) with this process's arguments, the ``config``, and the
+    epochs, wall time and torch threads of the :func:`run_epochs` run whose metadata is ``meta``."""
+    return {
+        "command": " ".join([command] + sys.argv[1:]),
+        "config": config,
+        "epochs_run": meta["epoch"],
+        "wall_time_s": round(meta["elapsed_s"], 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def run_epochs(
     model: torch.nn.Module,
     ema: ModelEmaV3,

@@ -45,7 +45,7 @@ from ..models.lungs import THRESHOLD, LungCard, LungSegmenter, build_model
 from ..preprocess import normalize, to_model_size
 from .augment import Augmentation, augment
 from .finalize import NORMALISATION, load_pixels
-from .loop import Schedule, Validation, best_weights, run_epochs
+from .loop import Schedule, Validation, best_weights, run_epochs, run_record
 
 
 @dataclass
@@ -222,11 +222,7 @@ def finalize(
 ) -> LungCard:
     """Save float16 weights, then score the saved checkpoint on validation through ``segment``."""
     card.training = {
-        "command": " ".join(["python -m xray_xai.training.lungs"] + sys.argv[1:]),
-        "config": asdict(cfg),
-        "epochs_run": meta["epoch"],
-        "wall_time_s": round(meta["elapsed_s"], 1),
-        "torch_threads": torch.get_num_threads(),
+        **run_record("python -m xray_xai.training.lungs", asdict(cfg), meta),
         "loss": "BCE + soft Dice (per image)",
         "optimizer": "AdamW, linear warm-up then cosine decay, EMA of weights",
         "augmentation": "same small affine on image and mask; brightness/contrast on the image",
