@@ -61,8 +61,10 @@ Caches (cold start does not grow with use): the traced network is kept as OpenVI
 ``cache_dir()/ir`` keyed by its weights, architecture and the torch/OpenVINO versions, so a
 restart skips tracing and converting each network (seconds each); the compiled blob is kept by
 OpenVINO's own ``CACHE_DIR`` in ``cache_dir()`` (the CPU plugin's blob does not depend on the
-precision hint: one per network). Default ``~/.cache/xray_xai/openvino``, overridden by
-``XRAY_XAI_OV_CACHE``; an unwritable folder only disables caching. Converting is the only step
+precision hint: one per network). Default ``$XDG_CACHE_HOME/xray_xai/openvino`` (``~/.cache``
+without it), overridden by ``XRAY_XAI_OV_CACHE``. The cache is never required: an unwritable
+folder only disables caching, and a cached network is used only if it loads and answers like its
+torch network on a probe batch; else it is removed and the network converted again. Converting is the only step
 that calls OpenVINO's converter, which sends usage telemetry (openvino-telemetry) unless opted
 out (``opt_in_out --opt_out``) or ``CI=true``; a warm cache skips it.
 
@@ -73,6 +75,7 @@ compiled networks may be called from several threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -94,8 +97,11 @@ from .lungs import LungSegmenter
 PRECISIONS = ("f32", "bf16")
 CACHE_ENV = "XRAY_XAI_OV_CACHE"
 RUNTIME_ENV = "XRAY_XAI_RUNTIME"  # "torch", "openvino", "openvino:f32" or "openvino:bf16"
-DEFAULT_CACHE = Path.home() / ".cache" / "xray_xai" / "openvino"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xray_xai" / "openvino"
 IR_FORMAT = 2  # bump when the way networks are wrapped or converted changes
+# How far a cached network may answer from its torch network on the probe batch (relative to the
+# largest output): far above the runtime's own error, far below that of other weights.
+PROBE_TOLERANCE = {"f32": 1e-3, "bf16": 5e-2}
 
 _core = None
 _core_lock = threading.Lock()
@@ -215,17 +221,21 @@ def _convert(module: nn.Module, input_shape: Sequence[int]):
     return model
 
 
-def _cached_ir(module: nn.Module, input_shape: Sequence[int], cache: Path) -> Path:
-    """Path of the IR (``.xml`` + ``.bin``) of ``module`` in ``cache``, converting it the first time.
+def _ir_path(module: nn.Module, input_shape: Sequence[int], cache: Path) -> Path:
+    """Where the IR ``.xml`` of ``module`` is cached (its ``.bin`` beside it)."""
+    return cache / "ir" / f"{_fingerprint(module, input_shape)[:32]}.xml"
+
+
+def _ensure_ir(module: nn.Module, input_shape: Sequence[int], xml: Path) -> None:
+    """Convert ``module`` into its cached IR (``xml`` from :func:`_ir_path`, ``.bin`` beside it) unless it is there.
 
     Written to a temporary folder and moved into place (``.bin`` first), so a concurrent reader
     sees either no IR or a complete one."""
     import openvino
 
-    folder = cache / "ir"
-    xml = folder / f"{_fingerprint(module, input_shape)[:32]}.xml"
+    folder = xml.parent
     if xml.is_file() and xml.with_suffix(".bin").is_file():
-        return xml
+        return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-"))
     try:
@@ -234,7 +244,33 @@ def _cached_ir(module: nn.Module, input_shape: Sequence[int], cache: Path) -> Pa
         os.replace(tmp / "model.xml", xml)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return xml
+
+
+def _infer_all(compiled, x: torch.Tensor) -> list[np.ndarray]:
+    """Every output of a compiled network for the batch ``x``."""
+    result = compiled.create_infer_request().infer({0: x.numpy()})
+    return [np.asarray(result[output], dtype=np.float32) for output in compiled.outputs]
+
+
+@torch.no_grad()
+def answers_like(compiled, module: nn.Module, input_shape: Sequence[int], precision: str) -> bool:
+    """Whether a compiled network gives ``module``'s outputs on a fixed random probe batch, within
+    :data:`PROBE_TOLERANCE` of the largest output (what a cached network must pass to be served)."""
+    x = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(1))
+    expected = module(x)
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    actual = _infer_all(compiled, x)
+    if [a.shape for a in actual] != [e.shape for e in expected]:
+        return False
+    limit = PROBE_TOLERANCE[precision] * max(1.0, *(float(np.abs(e).max()) for e in expected))
+    return all(float(np.abs(a - e).max()) <= limit for a, e in zip(actual, expected, strict=True))
+
+
+def _discard(xml: Path) -> None:
+    """Remove a cached IR (best effort: a folder that cannot be written keeps it)."""
+    for path in (xml, xml.with_suffix(".bin")):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 class CompiledNet(nn.Module):
@@ -269,17 +305,34 @@ class CompiledNet(nn.Module):
                 stacklevel=2,
             )
             folder = None
-        source = (
-            _cached_ir(graph, self.input_shape, folder) if folder is not None else _convert(graph, self.input_shape)
-        )
         self.cache = folder
-        self._compiled = core().compile_model(
-            source if not isinstance(source, Path) else str(source),
-            "CPU",
-            compile_config(self.precision, self.threads, folder),
-        )
+        self._compiled = self._from_cache(graph, folder) if folder is not None else None
+        if self._compiled is None:
+            config = compile_config(self.precision, self.threads)
+            self._compiled = core().compile_model(_convert(graph, self.input_shape), "CPU", config)
         self._outputs = len(self._compiled.outputs)
         self._local = threading.local()
+
+    def _from_cache(self, graph: nn.Module, folder: Path):
+        """``graph`` compiled from its IR in ``folder`` (converted and cached the first time), or
+        None, with a warning, when that fails or the result answers unlike ``graph`` (the entry
+        is then removed, so the next start converts it again)."""
+        xml = _ir_path(graph, self.input_shape, folder)
+        try:
+            _ensure_ir(graph, self.input_shape, xml)
+            compiled = core().compile_model(str(xml), "CPU", compile_config(self.precision, self.threads, folder))
+            if answers_like(compiled, graph, self.input_shape, self.precision):
+                return compiled
+            problem = "it answers unlike the torch network"
+        except (OSError, RuntimeError) as error:
+            problem = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
+        warnings.warn(
+            f"The cached OpenVINO network {xml.name} cannot be used ({problem}): converting it again.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _discard(xml)
+        return None
 
     def _request(self):
         request = getattr(self._local, "request", None)
