@@ -4,13 +4,16 @@
 ``complete`` adds the slow part (occlusion of the whole ensemble, agreement, anatomy for both
 maps, final report).
 The app streams the first result, then the complete one; the CLI calls ``analyze``.
+:class:`PendingPipeline` loads one in the background while the app already serves its page.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,12 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT
+from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard, read_card
 from .explain.agreement import agreement
 from .explain.anatomy import analyze_anatomy
 from .explain.cam import CAM_METHODS, compute_cam
 from .explain.evidence import evidence_boxes, zone_regions
-from .explain.occlusion import occlusion_map
 from .imaging import InputError, LoadedImage, load_image
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
@@ -197,6 +199,9 @@ class Pipeline:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
         if options.occlusion == "off" or not result.maps:
             return result
+        # Imported here: the occlusion engine needs timm, which the app's page need not wait for.
+        from .explain.occlusion import occlusion_map
+
         target = self.classifier.card.classes.index(result.analysis.explained_class)
         region = occlusion_region(result.lung) if options.lung_focus else None
         occ = occlusion_map(  # the whole ensemble: the map explains the probability the user is shown
@@ -240,6 +245,50 @@ class Pipeline:
     def _target_class(self, prediction: Prediction, options: Options) -> int:
         classes = self.classifier.card.classes
         return classes.index("PNEUMONIA") if options.explain == "pneumonia" else classes.index(prediction.label)
+
+
+class PendingPipeline:
+    """A :class:`Pipeline` loaded in a background thread, its classifier's card readable at once:
+    the app serves its page while the models load, and each request waits in :meth:`result`.
+
+    Loading starts at :meth:`start` or at the first :meth:`result`, once; every waiting request
+    gets the same pipeline, or the loading error raised again. With ``warm_up`` the loading
+    thread then runs :meth:`Pipeline.warm_up` (requests need not wait for that)."""
+
+    def __init__(self, load: Callable[[], Pipeline], card: ModelCard, warm_up: bool = False) -> None:
+        self.card = card
+        self._load = load
+        self._warm_up = warm_up
+        self._future: Future[Pipeline] = Future()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, warm_up: bool = False) -> PendingPipeline:
+        """The pipeline :meth:`Pipeline.load` gives for ``checkpoint``, its card read now."""
+        return cls(lambda: Pipeline.load(checkpoint), read_card(checkpoint), warm_up)
+
+    def start(self) -> None:
+        """Start loading in the background (later calls do nothing)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="load-models", daemon=True)
+                self._thread.start()
+
+    def result(self, timeout: float | None = None) -> Pipeline:
+        """The loaded pipeline, waiting for it (and starting the load if nothing has)."""
+        self.start()
+        return self._future.result(timeout)
+
+    def _run(self) -> None:
+        try:
+            pipeline = self._load()
+        except BaseException as error:
+            self._future.set_exception(error)
+            raise
+        self._future.set_result(pipeline)
+        if self._warm_up:
+            pipeline.warm_up()
 
 
 def evidence_checked(prediction: Prediction, anatomy: Anatomy | None, limits: dict[str, float]) -> Prediction:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 
 from ..checkpoint import ModelCard, load_tensors, read_card
@@ -20,6 +19,8 @@ from .framing import frame_members
 
 def create_model(arch: str, in_chans: int = 1, num_classes: int = 1, **kwargs: Any) -> torch.nn.Module:
     """A timm model, always randomly initialised: weights never come from a hub."""
+    import timm  # imported here: it pulls in torchvision and torch._dynamo (seconds), which the page need not wait for
+
     return timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
 
 

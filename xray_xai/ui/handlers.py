@@ -28,9 +28,10 @@ from PIL import Image
 
 from .. import DISCLAIMER
 from ..calibration import OPERATING_POINTS
+from ..checkpoint import ModelCard
 from ..explain.cam import CAM_METHODS
 from ..imaging import SUPPORTED, InputError, load_image
-from ..pipeline import OCCLUSION_PRESETS, Options, Pipeline, Result, display_pixels
+from ..pipeline import OCCLUSION_PRESETS, Options, PendingPipeline, Pipeline, Result, display_pixels
 from ..report import (
     BAND_LEGEND,
     answer_reason,
@@ -426,17 +427,32 @@ MAX_SESSIONS = 4096  # sessions whose newest request is remembered (a few bytes 
 
 
 class Handlers:
-    """The Space's event handlers bound to one loaded pipeline.
+    """The Space's event handlers bound to one pipeline.
 
     Outputs always belong to the film on screen: every clear (a new upload, an example,
     Analyse) starts a new *generation* of the page's session; an analysis or a redraw started
     in an older generation stops at its next step (between the first answer and occlusion, or
-    at any occlusion progress report) and sends nothing more."""
+    at any occlusion progress report) and sends nothing more.
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    The pipeline may still be loading (a :class:`PendingPipeline`): the page is built from its
+    card, and every handler that needs the models waits for them."""
+
+    def __init__(self, pipeline: Pipeline | PendingPipeline) -> None:
+        self._source = pipeline
         self._generations: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The loaded pipeline (waiting for it while it loads)."""
+        source = self._source
+        return source.result() if isinstance(source, PendingPipeline) else source
+
+    @property
+    def card(self) -> ModelCard:
+        """The classifier's model card, without waiting for the models."""
+        source = self._source
+        return source.card if isinstance(source, PendingPipeline) else source.classifier.card
 
     @staticmethod
     def require(path: str | None) -> str:
@@ -463,7 +479,7 @@ class Handlers:
 
     def operating_point_choices(self) -> list[tuple[str, str]]:
         """The radio buttons' (label, value) pairs, worded from this classifier's card."""
-        return operating_point_choices(self.pipeline.classifier.card.operating_points)
+        return operating_point_choices(self.card.operating_points)
 
     def clear(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Every result output emptied and the kept result dropped (the last value is the

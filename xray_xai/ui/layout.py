@@ -273,6 +273,6 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
             with gr.Tab("Analyse"):
                 build_analyse_tab(handlers)
             with gr.Tab("Model"):
-                build_model_tab(handlers.pipeline.classifier.card.sha256)
+                build_model_tab(handlers.card.sha256)
         build_api(handlers)
     return demo.queue(max_size=32, default_concurrency_limit=1)
