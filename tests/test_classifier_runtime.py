@@ -137,7 +137,7 @@ def _truncated_bin(xml: Path) -> None:
 
 
 def _flipped_bin(xml: Path) -> None:
-    """Same size, other bytes: only the probe can tell."""
+    """Same size, other bytes: only the digest can tell."""
     weights = xml.with_suffix(".bin")
     data = bytearray(weights.read_bytes())
     rng, width = np.random.default_rng(0), len(data) // 20
@@ -157,6 +157,15 @@ def test_a_corrupt_cache_entry_is_ignored_and_removed(tiny_net, fresh, cache, co
     x = _probe()
     assert torch.equal(served(x), fresh(x))
     assert not _entries(cache)  # removed: the next start converts and caches it again
+
+
+def test_an_entry_without_its_digest_is_converted_again(tiny_net, fresh, cache):
+    (xml,) = _entries(cache)
+    xml.with_suffix(".sha256").unlink()  # an interrupted write, or a version that wrote none
+    served = runtime.CompiledNet(tiny_net, SHAPE, cache=cache)
+    x = _probe()
+    assert torch.equal(served(x), fresh(x))
+    assert xml.with_suffix(".sha256").read_text() == runtime.ir_digest(xml)
 
 
 def test_an_unusable_cache_folder_only_disables_the_cache(tiny_net, fresh, tmp_path):
