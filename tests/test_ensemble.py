@@ -21,7 +21,7 @@ from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.pipeline import Options, Pipeline
 from xray_xai.report import band_reason_text, maps_source_text
 from xray_xai.results import BandReason, MapsSource
-from xray_xai.training.ensemble import closest_member, explainer_section
+from xray_xai.training.ensemble import closest_member, explainer_section, member_arguments
 from xray_xai.training.ensemble import main as ensemble_main
 
 SIZE = 32
@@ -76,6 +76,30 @@ def test_checkpoint_round_trip_rebuilds_the_ensemble(tmp_path):
     assert isinstance(loaded, Ensemble) and card.members == 2 and card.uncertainty == {"threshold": 0.05}
     with torch.inference_mode():
         assert torch.allclose(loaded(batch()), model(batch()), atol=1e-6)
+
+
+def test_members_with_their_own_timm_arguments_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = Ensemble([create_model(TINY_ARCH, output_stride=16), create_model(TINY_ARCH)]).eval()
+    card = ensemble_card()
+    card.member_kwargs = [{"output_stride": 16}, {}]
+    save_checkpoint(model, card, tmp_path / "classifier.json", dtype=torch.float32)
+    loaded, _, _ = load_checkpoint(tmp_path / "classifier.json")
+    assert [m.feature_info[-1]["reduction"] for m in loaded.members] == [16, 32]
+    with torch.inference_mode():
+        assert torch.allclose(loaded(batch()), model(batch()), atol=1e-6)
+    card.member_kwargs = [{}]  # one set of arguments for two members
+    save_checkpoint(model, card, tmp_path / "classifier.json", dtype=torch.float32)
+    with pytest.raises(CheckpointError, match="2"):
+        load_checkpoint(tmp_path / "classifier.json")
+
+
+def test_member_arguments_are_shared_or_listed_per_member():
+    plain, fine = ensemble_card(), ensemble_card()
+    fine.model_kwargs = {"output_stride": 16}
+    assert member_arguments([plain, plain]) == {"model_kwargs": {}}
+    assert member_arguments([fine, fine]) == {"model_kwargs": {"output_stride": 16}}
+    assert member_arguments([fine, plain]) == {"member_kwargs": [{"output_stride": 16}, {}]}
 
 
 def test_scores_give_calibrated_member_probabilities_from_one_pass():

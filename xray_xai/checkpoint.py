@@ -73,6 +73,7 @@ class ModelCard(Card):
     members: int = 1  # > 1: a mean-logit ensemble of that many ``arch`` networks (xray_xai.models.ensemble)
     framing: dict[str, Any] = field(default_factory=dict)  # members that see lung-box crops (xray_xai.models.framing)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to create_model, e.g. {"output_stride": 16}
+    member_kwargs: list[dict[str, Any]] = field(default_factory=list)  # per member, where they differ
     conformal: dict[str, Any] = field(default_factory=dict)  # per-class conformal thresholds (xray_xai.conformal)
     runtime: dict[str, Any] = field(default_factory=dict)  # the serving runtime and precision (xray_xai.models.runtime)
 

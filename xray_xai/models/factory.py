@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import ModelCard, load_tensors, read_card
+from ..checkpoint import CheckpointError, ModelCard, load_tensors, read_card
 from .ensemble import Ensemble
 from .framing import frame_members
 
@@ -25,10 +25,14 @@ def create_model(arch: str, in_chans: int = 1, num_classes: int = 1, **kwargs: A
 
 
 def build_classifier(card: ModelCard) -> torch.nn.Module:
-    """The randomly initialised network (or ensemble) a card describes, before framing."""
+    """The randomly initialised network (or ensemble) a card describes, before framing; members
+    may differ in their timm arguments (e.g. a finer output stride for the explaining network)."""
     if card.members == 1:
         return create_model(card.arch, **card.model_kwargs)
-    return Ensemble([create_model(card.arch, **card.model_kwargs) for _ in range(card.members)])
+    kwargs = card.member_kwargs or [card.model_kwargs] * card.members
+    if len(kwargs) != card.members:
+        raise CheckpointError(f"The card lists arguments for {len(kwargs)} members but has {card.members}.")
+    return Ensemble([create_model(card.arch, **member) for member in kwargs])
 
 
 def load_checkpoint(

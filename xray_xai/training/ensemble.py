@@ -38,6 +38,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,6 +120,15 @@ def assemble(cards: list[Path]) -> tuple[Ensemble, list[ModelCard]]:
             raise SystemExit("Ensemble members must share architecture, input size, normalisation and classes.")
     ensemble = Ensemble([model for model, _, _ in loaded]).eval().to(memory_format=torch.channels_last)
     return ensemble, member_cards
+
+
+def member_arguments(member_cards: list[ModelCard]) -> dict[str, Any]:
+    """The members' timm arguments for the ensemble's card: shared as ``model_kwargs``, or one per
+    member as ``member_kwargs`` where they differ (e.g. one member at output stride 16)."""
+    kwargs = [card.model_kwargs for card in member_cards]
+    if all(k == kwargs[0] for k in kwargs):
+        return {"model_kwargs": kwargs[0]}
+    return {"member_kwargs": kwargs}
 
 
 def perturbed_logits(model: Ensemble, x_val: torch.Tensor, clean: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
@@ -287,6 +297,7 @@ def build(args: argparse.Namespace) -> ModelCard:
         ),
         latency={"single_image_ms": measure_latency(ensemble, size), "threads": torch.get_num_threads()},
         framing=framing,
+        **member_arguments(member_cards),
     )
     extras = {"ood_mean": torch.from_numpy(feature_mean), "ood_precision": torch.from_numpy(feature_precision)}
     card = save_within_tolerance(ensemble, card, out / "classifier.json", extras, x_val, clean_p)
