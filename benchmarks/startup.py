@@ -2,10 +2,12 @@
 
     python benchmarks/startup.py [--runs 3]
 
-Starts the app ``--runs`` times, alternating two variants side by side: as shipped (the CAM
-package and scikit-learn imported lazily, warm-up after launch) and with both imported before
-the app starts (as before the lazy imports). Per start it times the first HTTP 200 on ``/``,
-the first ``/predict`` answer and the first full analysis (``/explain``, fast occlusion).
+Starts the app ``--runs`` times, alternating two variants side by side: as shipped (the page
+built from the classifier's card and served first; the models, timm and the CAM package loaded
+after launch in the background, then the warm-up) and with the CAM package and scikit-learn
+imported before the app starts (as before the lazy imports). Per start it times the first HTTP
+200 on ``/``, the first ``/predict`` answer (which waits for the models) and the first full
+analysis (``/explain``, fast occlusion).
 Last stdout line: one JSON object with medians and the ratio eager / shipped.
 """
 

@@ -65,9 +65,9 @@ precision hint: one per network). Default ``$XDG_CACHE_HOME/xray_xai/openvino`` 
 without it), overridden by ``XRAY_XAI_OV_CACHE``. The cache is never required: an unwritable
 folder only disables caching, an entry missing any file is converted again, and one whose files
 do not match the sha256 written with them, or that does not load, is removed (with a warning) and
-the network converted again. Converting is the only step
-that calls OpenVINO's converter, which sends usage telemetry (openvino-telemetry) unless opted
-out (``opt_in_out --opt_out``) or ``CI=true``; a warm cache skips it.
+the network converted again. Converting is the only step that calls OpenVINO's converter, which
+sends usage telemetry (openvino-telemetry) unless opted out (``opt_in_out --opt_out``) or
+``CI=true``; a warm cache skips it.
 
 Threads: ``INFERENCE_NUM_THREADS`` is torch's thread count when a network is compiled, with the
 ``LATENCY`` performance hint (one stream). Each calling thread gets its own infer request, so the
@@ -100,6 +100,7 @@ CACHE_ENV = "XRAY_XAI_OV_CACHE"
 RUNTIME_ENV = "XRAY_XAI_RUNTIME"  # "torch", "openvino", "openvino:f32" or "openvino:bf16"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xray_xai" / "openvino"
 IR_FORMAT = 2  # bump when the way networks are wrapped or converted changes
+IR_SUFFIXES = (".bin", ".xml", ".sha256")  # the files of one cached network, in the order they are moved into place
 
 _core = None
 _core_lock = threading.Lock()
@@ -217,9 +218,6 @@ def _convert(module: nn.Module, input_shape: Sequence[int]):
         model = openvino.convert_model(traced, example_input=example)
     model.reshape([-1, *input_shape])
     return model
-
-
-IR_SUFFIXES = (".bin", ".xml", ".sha256")  # one cached network, in the order its files are moved into place
 
 
 def _ir_path(module: nn.Module, input_shape: Sequence[int], cache: Path) -> Path:
