@@ -4,14 +4,16 @@ Builds ``demo`` from the library (the page is :mod:`xray_xai.ui.layout`). Run ``
 (add ``--mcp`` or set ``XRAY_XAI_MCP=1`` to also serve Gradio's MCP server), or ``gradio app.py``
 for reload mode (it serves the module-level ``demo``).
 
-The page is built from the classifier's card alone and served first; the models load (then warm
-up) in a background thread, and a request that needs them waits until they have loaded.
+The page is built from the classifier's card alone and served first; then the models load (in
+the main thread, see :class:`~xray_xai.pipeline.PendingPipeline`) and warm up in the background,
+and a request that needs them waits until they have loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import threading
 
 import torch
 
@@ -21,7 +23,7 @@ from xray_xai.ui.layout import LAUNCH_OPTIONS, build_demo
 
 torch.set_num_threads(int(os.environ.get("CPU_CORES", "2")))
 
-pipeline = PendingPipeline.of(warm_up=True)  # loads at main()'s start(), or at the first request (reload mode)
+pipeline = PendingPipeline.of()  # loaded by main() once the page is served, or by the first request (reload mode)
 demo = build_demo(Handlers(pipeline))
 
 
@@ -38,8 +40,8 @@ def main() -> None:
         mcp_server=args.mcp or os.environ.get("XRAY_XAI_MCP") == "1",
         **LAUNCH_OPTIONS,
     )
-    # Serve first, then load the models and pay for lazy imports and first-call set-up before the first user does.
-    pipeline.start()
+    # Serve first, then load the models, and pay for lazy imports and first-call set-up before the first user does.
+    threading.Thread(target=pipeline.result().warm_up, name="warm-up", daemon=True).start()
     demo.block_thread()
 
 

@@ -4,7 +4,7 @@
 ``complete`` adds the slow part (occlusion of the whole ensemble, agreement, anatomy for both
 maps, final report).
 The app streams the first result, then the complete one; the CLI calls ``analyze``.
-:class:`PendingPipeline` loads one in the background while the app already serves its page.
+:class:`PendingPipeline` holds one still to be loaded while the app already serves its page.
 """
 
 from __future__ import annotations
@@ -248,47 +248,36 @@ class Pipeline:
 
 
 class PendingPipeline:
-    """A :class:`Pipeline` loaded in a background thread, its classifier's card readable at once:
-    the app serves its page while the models load, and each request waits in :meth:`result`.
+    """A :class:`Pipeline` still to be loaded, its classifier's card readable at once: the app
+    serves its page first, then loads the models, and each request waits for them.
 
-    Loading starts at :meth:`start` or at the first :meth:`result`, once; every waiting request
-    gets the same pipeline, or the loading error raised again. With ``warm_up`` the loading
-    thread then runs :meth:`Pipeline.warm_up` (requests need not wait for that)."""
+    The first caller of :meth:`result` loads the pipeline in its own thread; every other caller
+    waits for the same pipeline, or gets the loading error raised again. The app loads from its
+    main thread: loaded in a short-lived thread, every later analysis ran 2-5x slower on the
+    measured machine (torch's OpenMP thread teams)."""
 
-    def __init__(self, load: Callable[[], Pipeline], card: ModelCard, warm_up: bool = False) -> None:
+    def __init__(self, load: Callable[[], Pipeline], card: ModelCard) -> None:
         self.card = card
         self._load = load
-        self._warm_up = warm_up
         self._future: Future[Pipeline] = Future()
-        self._thread: threading.Thread | None = None
+        self._claimed = False
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, warm_up: bool = False) -> PendingPipeline:
+    def of(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT) -> PendingPipeline:
         """The pipeline :meth:`Pipeline.load` gives for ``checkpoint``, its card read now."""
-        return cls(lambda: Pipeline.load(checkpoint), read_card(checkpoint), warm_up)
-
-    def start(self) -> None:
-        """Start loading in the background (later calls do nothing)."""
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="load-models", daemon=True)
-                self._thread.start()
+        return cls(lambda: Pipeline.load(checkpoint), read_card(checkpoint))
 
     def result(self, timeout: float | None = None) -> Pipeline:
-        """The loaded pipeline, waiting for it (and starting the load if nothing has)."""
-        self.start()
+        """The loaded pipeline: loaded here if no thread has started loading it, else waited for."""
+        with self._lock:
+            claimed, self._claimed = self._claimed, True
+        if not claimed:
+            try:
+                self._future.set_result(self._load())
+            except BaseException as error:
+                self._future.set_exception(error)
         return self._future.result(timeout)
-
-    def _run(self) -> None:
-        try:
-            pipeline = self._load()
-        except BaseException as error:
-            self._future.set_exception(error)
-            raise
-        self._future.set_result(pipeline)
-        if self._warm_up:
-            pipeline.warm_up()
 
 
 def evidence_checked(prediction: Prediction, anatomy: Anatomy | None, limits: dict[str, float]) -> Prediction:
