@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from scipy.special import expit
-from sklearn.metrics import brier_score_loss, log_loss
 
-from .metrics import counts_at
+# torch, scipy, scikit-learn and .metrics (scipy.stats) are imported in the functions that use
+# them: the app's page reads OPERATING_POINTS from here and is served without them.
 from .results import RULE_IN_MIN_SPECIFICITY, SCREENING_MIN_SENSITIVITY
 
 OPERATING_POINTS = ("balanced", "screening", "rule_in")
@@ -15,11 +13,15 @@ OPERATING_POINTS = ("balanced", "screening", "rule_in")
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """The logistic function in float64 (:func:`scipy.special.expit`, stable for large ``|x|``)."""
+    from scipy.special import expit
+
     return expit(np.asarray(x, dtype=np.float64))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature T > 0 minimising the NLL of ``sigmoid(logit / T)`` (LBFGS on log T)."""
+    import torch
+
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -40,12 +42,16 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
 
     Probabilities are clipped to [1e-12, 1 - 1e-12] first, as this function always did, so that a
     confident mistake costs at most -log(1e-12) whatever sklearn's own clipping."""
+    from sklearn.metrics import log_loss
+
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     return float(log_loss(np.asarray(labels).astype(int), p, labels=[0, 1]))
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean squared error of P(positive) against the 0/1 label (:func:`sklearn.metrics.brier_score_loss`)."""
+    from sklearn.metrics import brier_score_loss
+
     return float(brier_score_loss(np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64), labels=[0, 1]))
 
 
@@ -60,6 +66,8 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
 def rates_at(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sensitivity and specificity of ``p >= t`` for each threshold ``t`` (NaN for a class with no
     films), from :func:`xray_xai.metrics.counts_at`."""
+    from .metrics import counts_at
+
     tn, fp, fn, tp = counts_at(labels, probs, thresholds).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return tp / (tp + fn), tn / (tn + fp)

@@ -16,26 +16,27 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard, read_card
-from .explain.agreement import agreement
-from .explain.anatomy import analyze_anatomy
-from .explain.cam import CAM_METHODS, compute_cam
-from .explain.evidence import evidence_boxes, zone_regions
 from .imaging import InputError, LoadedImage, load_image
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
-from .models.classifier import Classifier, lower_band
-from .models.framing import framing_box
-from .models.lungs import LungMask, LungSegmenter
 from .models.ood import assess_ood
 from .models.similar import DEFAULT_INDEX, SimilarIndex, load_matching
 from .report import build_report
 from .results import Analysis, Anatomy, BandReason, Prediction, Region, to_jsonable
+
+# The networks, CAM, lung masks and explanation steps (torch, scipy, OpenCV) are imported where
+# they are used: the app serves its page from this module's PendingPipeline before they load.
+if TYPE_CHECKING:
+    import torch
+
+    from .models.classifier import Classifier
+    from .models.lungs import LungMask, LungSegmenter
 
 # Occlusion settings offered in the app: window and stride in model-input pixels.
 OCCLUSION_PRESETS: dict[str, dict[str, int]] = {
@@ -60,6 +61,8 @@ class Options:
     lung_focus: bool = True  # occlude only around the lungs when segmentation is plausible
 
     def validate(self) -> Options:
+        from .explain.cam import CAM_METHODS
+
         if self.cam_method not in CAM_METHODS:
             raise InputError(f"Unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}.")
         if self.explain not in EXPLAIN_TARGETS:
@@ -126,6 +129,9 @@ class Pipeline:
         """Load the classifier and, when their files exist, the lung segmenter, the similar-case
         index and the model report (each of the last two ignored, with a logged warning, when it
         was built with other classifier weights)."""
+        from .models.classifier import Classifier
+        from .models.lungs import LungSegmenter
+
         segmenter = None
         if lung_checkpoint is not None and Path(lung_checkpoint).is_file():
             segmenter = LungSegmenter.load(lung_checkpoint)
@@ -159,6 +165,10 @@ class Pipeline:
 
     def first_pass(self, source: str | os.PathLike | bytes, options: Options = Options()) -> Result:
         """Prediction, lung segmentation and the CAM map: the fast first answer."""
+        from .explain.anatomy import analyze_anatomy
+        from .explain.cam import compute_cam
+        from .explain.evidence import evidence_boxes, zone_regions
+
         options.validate()
         scored = self.predict(source, options.operating_point)
         image, prediction, analysis, x = scored.image, scored.prediction, scored.analysis, scored.model_input
@@ -199,8 +209,10 @@ class Pipeline:
         """Add occlusion sensitivity, the agreement of both maps, anatomy and the final report."""
         if options.occlusion == "off" or not result.maps:
             return result
-        # Imported here: the occlusion engine needs timm, which the app's page need not wait for.
-        from .explain.occlusion import occlusion_map
+        from .explain.agreement import agreement
+        from .explain.anatomy import analyze_anatomy
+        from .explain.evidence import evidence_boxes, zone_regions
+        from .explain.occlusion import occlusion_map  # also imports timm
 
         target = self.classifier.card.classes.index(result.analysis.explained_class)
         region = occlusion_region(result.lung) if options.lung_focus else None
@@ -286,6 +298,8 @@ def evidence_checked(prediction: Prediction, anatomy: Anatomy | None, limits: di
     than ``limits`` (fitted on validation maps) allow: evidence outside the lungs is a shortcut
     sign, so the answer deserves less trust. Any earlier evidence step is undone first, so the
     check follows the newest maps."""
+    from .models.classifier import lower_band
+
     reasons = tuple(r for r in prediction.band_reasons if r.kind != "evidence_outside_lungs")
     earlier = next((r for r in prediction.band_reasons if r.kind == "evidence_outside_lungs"), None)
     band = earlier.from_band if earlier is not None else prediction.band
@@ -308,6 +322,8 @@ def occlusion_region(lung: LungMask | None) -> Region | None:
     """Where the app occludes: the lung box a lung-box network would see (both lungs of a plausible
     mask plus ``LUNG_BOX_MARGIN`` px at 224 px), in the model input's frame; None (the whole film)
     without a plausible mask."""
+    from .models.framing import framing_box
+
     return framing_box(lung, lung.mask.shape) if lung is not None and lung.ok else None
 
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 import cv2
 import numpy as np
-from matplotlib import colormaps
 
 from ..results import EvidenceBox
 
@@ -56,6 +55,8 @@ def overlay(
         raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    from matplotlib import colormaps  # here: the app's page is served without matplotlib
+
     gray = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)[..., None]
     heat = np.clip(np.nan_to_num(resize_map(heatmap, gray.shape[:2])), 0.0, 1.0)
     colors = colormaps[colormap](heat)[..., :3].astype(np.float32)
