@@ -6,7 +6,8 @@ for reload mode (it serves the module-level ``demo``).
 
 The page is built from the classifier's card alone and served first; then the models load (in
 the main thread, see :class:`~xray_xai.pipeline.PendingPipeline`) and warm up in the background,
-and a request that needs them waits until they have loaded.
+and a request that needs them waits until they have loaded. The Model tab is drawn when first
+opened, or ahead in the background once the models have warmed up.
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ import argparse
 import os
 import threading
 
-import torch
-
-from xray_xai.pipeline import PendingPipeline
+from xray_xai.checkpoint import DEFAULT_CHECKPOINT, read_card
+from xray_xai.pipeline import PendingPipeline, Pipeline
 from xray_xai.ui.handlers import Handlers
 from xray_xai.ui.layout import LAUNCH_OPTIONS, build_demo
+from xray_xai.ui.model_tab import prerender
 
-torch.set_num_threads(int(os.environ.get("CPU_CORES", "2")))
 
-pipeline = PendingPipeline.of()  # loaded by main() once the page is served, or by the first request (reload mode)
+def load_models() -> Pipeline:
+    import torch  # here, before the models: the page is served without waiting for torch
+
+    torch.set_num_threads(int(os.environ.get("CPU_CORES", "2")))
+    return Pipeline.load(DEFAULT_CHECKPOINT)
+
+
+def warm_up() -> None:
+    pipeline.result().warm_up()
+    prerender(pipeline.card.sha256)  # the Model tab's figures, so that its first opening is instant
+
+
+# Loaded by main() once the page is served, or by the first request (reload mode).
+pipeline = PendingPipeline(load_models, read_card(DEFAULT_CHECKPOINT))
 demo = build_demo(Handlers(pipeline))
 
 
@@ -40,8 +53,10 @@ def main() -> None:
         mcp_server=args.mcp or os.environ.get("XRAY_XAI_MCP") == "1",
         **LAUNCH_OPTIONS,
     )
-    # Serve first, then load the models, and pay for lazy imports and first-call set-up before the first user does.
-    threading.Thread(target=pipeline.result().warm_up, name="warm-up", daemon=True).start()
+    # Serve first, then load the models (in this, the main thread), and pay for lazy imports, first-call set-up
+    # and the Model tab's figures before the first user does.
+    pipeline.result()
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     demo.block_thread()
 
 

@@ -195,26 +195,77 @@ def test_an_impossible_prevalence_gets_a_clear_message_not_an_error(report_path,
     assert table.loc[0, "Sensitivity"] == explore(ModelReport.load(report_path), 0.5, 10.0)[0].loc[0, "Sensitivity"]
 
 
-def _components(report_path, sha) -> list:
+def _model_tab(report_path, sha) -> tuple[gr.Blocks, gr.Tab]:
     with gr.Blocks() as demo:
         with gr.Tabs():
-            with gr.Tab("Model"):
-                build_model_tab(sha, report_path)
-    return list(demo.blocks.values())
+            with gr.Tab("Analyse"):
+                gr.Markdown("analyse")
+            with gr.Tab("Model") as tab:
+                build_model_tab(tab, sha, report_path)
+    return demo, tab
 
 
-def test_tab_builds_every_view_for_matching_weights(report_path):
-    blocks = _components(report_path, SHA)
+def _components(report_path, sha) -> list:
+    return list(_model_tab(report_path, sha)[0].blocks.values())
+
+
+def _open(demo: gr.Blocks, tab: gr.Tab, opened_before: bool = False) -> dict:
+    """What opening the tab sends (the values Gradio sends, by elem_id), with its inputs as built,
+    or as after an earlier opening (``opened_before``: the explorer's note shown)."""
+    (fn,) = [f for f in demo.fns.values() if (tab._id, "select") in f.targets]
+    assert fn.api_visibility == "private"
+    inputs = [block.value for block in fn.inputs]
+    assert not inputs[0]  # the explorer's note, empty until the tab is filled in
+    if opened_before:
+        inputs[0] = "Threshold p ≥ 0.500; prevalence in your setting 10%."
+    sent = fn.fn(*inputs)
+    assert len(sent) == len(fn.outputs)
+    return {
+        block.elem_id or type(block).__name__: value if _kept(value) else block.postprocess(value)
+        for block, value in zip(fn.outputs, sent, strict=True)
+    }
+
+
+def _kept(value) -> bool:
+    """Whether a handler's output leaves its component as it is (``gr.skip()``)."""
+    return isinstance(value, dict) and value == gr.skip()
+
+
+def test_tab_is_drawn_when_first_opened_with_every_view(report_path):
+    demo, tab = _model_tab(report_path, SHA)
+    blocks = list(demo.blocks.values())
     kinds = [type(b).__name__ for b in blocks]
     assert kinds.count("Plot") == 4 and kinds.count("Dataframe") == 2 and kinds.count("Gallery") == 1
+    # Built without drawing: the page is served before anything of the tab is drawn.
+    assert all(not b.value for b in blocks if isinstance(b, (gr.Plot, gr.Gallery)))
+    assert all(not b.value["data"] for b in blocks if isinstance(b, gr.Dataframe))
     report = ModelReport.load(report_path)
-    values = {b.elem_id: b.value for b in blocks if isinstance(b, (gr.Plot, gr.Dataframe, gr.Gallery))}
+    values = _open(demo, tab)
     assert all(
-        values[f"model-{name}"]["plot"].startswith("data:image/") for name in ("roc", "pr", "reliability", "confusion")
+        values[f"model-{name}"].plot.startswith("data:image/") for name in ("roc", "pr", "reliability", "confusion")
     )
-    assert values["model-bands"]["data"] == bands_table(report).values.tolist()
-    assert [row[0] for row in values["model-explorer"]["data"]] == ["validation", "shift_dev"]
-    assert [item["caption"] for item in values["model-errors"]] == [caption for _, caption in gallery_items(report)]
+    assert values["model-bands"].data == bands_table(report).values.tolist()
+    assert [row[0] for row in values["model-explorer"].data] == ["validation", "shift_dev"]
+    table, note = explore(report, round(report.threshold("balanced"), 3), 10.0)  # the inputs as shown
+    assert values["model-explorer"].data == table.values.tolist() and note in values.values()
+    assert [item.caption for item in values["model-errors"].root] == [caption for _, caption in gallery_items(report)]
+    # Opened again in the same session: nothing is sent again (the explorer follows its own inputs).
+    assert all(_kept(value) for value in _open(demo, tab, opened_before=True).values())
+    # Drawn once per process: another page on the same report gets the same figures without drawing them again.
+    again = _open(*_model_tab(report_path, SHA))
+    assert all(again[f"model-{name}"] is values[f"model-{name}"] for name in ("roc", "pr", "reliability", "confusion"))
+
+
+def test_the_figures_sent_are_the_tabs_figures(report_path):
+    report = ModelReport.load(report_path)
+    values = _open(*_model_tab(report_path, SHA))
+    for name, figure in (
+        ("roc", roc_figure),
+        ("pr", pr_figure),
+        ("reliability", reliability_figure),
+        ("confusion", confusion_figure),
+    ):
+        assert values[f"model-{name}"].plot == gr.Plot().postprocess(figure(report)).plot
 
 
 def test_stale_or_missing_report_is_refused(report_path, tmp_path):
@@ -277,8 +328,8 @@ def test_model_tab_renders_in_a_browser(report_path):
         with gr.Tabs():
             with gr.Tab("Analyse"):
                 gr.Markdown("analyse")
-            with gr.Tab("Model"):
-                build_model_tab(SHA, report_path)
+            with gr.Tab("Model") as tab:
+                build_model_tab(tab, SHA, report_path)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -272,7 +272,7 @@ def build_demo(handlers: Handlers) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Analyse"):
                 build_analyse_tab(handlers)
-            with gr.Tab("Model"):
-                build_model_tab(handlers.card.sha256)
+            with gr.Tab("Model") as model:
+                build_model_tab(model, handlers.card.sha256)  # drawn when first opened
         build_api(handlers)
     return demo.queue(max_size=32, default_concurrency_limit=1)

@@ -4,26 +4,34 @@ Everything shown comes from ``checkpoints/model_report.json`` (built by
 ``python -m xray_xai.artifacts.model_report``, read by :mod:`xray_xai.model_report`) and its
 error sprite; nothing is scored at run time. A report built for other weights than the running
 classifier's is refused, not shown.
-Call :func:`build_model_tab` inside ``with gr.Tab("Model"):``.
+Call :func:`build_model_tab` inside ``with gr.Tab("Model") as tab:``. Its figures, tables and
+gallery are filled in when the tab is first opened, drawn once per process (:func:`prerender`
+draws them ahead, e.g. once the app's models have loaded): the page is served without drawing
+them, and without matplotlib, scipy and scikit-learn, which they need.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from .. import CLASSES
 from ..calibration import OPERATING_POINTS
-from ..metrics import band_rows, called_pneumonia, confusion_at, predictive_values
 from ..model_report import DEFAULT_REPORT, ModelReport, report_problem
 from ..report import percent
-from .plots import Mark, Scores, pr_panel, reliability_panel, roc_panel
+
+# matplotlib, scikit-learn and ..metrics (scipy, scikit-learn) are imported in the functions that
+# draw and count: the page is served before the tab is first opened (see build_model_tab).
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .plots import Mark, Scores
 
 SPLIT_HELP = (
     "**validation**: the patient-level split of train/ that the temperature and thresholds were fitted on. "
@@ -47,11 +55,17 @@ def _percent(value: float | None) -> str:
 
 
 def _scores(report: ModelReport, marks: tuple[Mark, ...] = ()) -> list[Scores]:
+    from .plots import Scores
+
     return [Scores(split.labels, split.probs, name, COLOURS[name], marks) for name, split in report.splits.items()]
 
 
 def roc_figure(report: ModelReport) -> Figure:
     """ROC curves of both splits, with AUROC and the balanced operating point marked."""
+    from matplotlib.figure import Figure
+
+    from .plots import Mark, roc_panel
+
     fig = Figure(figsize=(5, 4.6), layout="constrained")
     roc_panel(fig.subplots(), _scores(report, (Mark(report.threshold("balanced")),)), "ROC (dots: balanced point)")
     return fig
@@ -59,6 +73,10 @@ def roc_figure(report: ModelReport) -> Figure:
 
 def pr_figure(report: ModelReport) -> Figure:
     """Precision-recall curves of both splits, with AUPRC and each split's prevalence."""
+    from matplotlib.figure import Figure
+
+    from .plots import pr_panel
+
     fig = Figure(figsize=(5, 4.6), layout="constrained")
     pr_panel(fig.subplots(), _scores(report), "Precision-recall")
     return fig
@@ -67,6 +85,10 @@ def pr_figure(report: ModelReport) -> Figure:
 def reliability_figure(report: ModelReport, n_bins: int = 15) -> Figure:
     """Reliability diagrams side by side: observed pneumonia rate against predicted probability
     (the bins of the model card's ECE; dot area grows with the films in a bin)."""
+    from matplotlib.figure import Figure
+
+    from .plots import reliability_panel
+
     fig = Figure(figsize=(9, 4.2), layout="constrained")
     axes = fig.subplots(1, len(report.splits), sharey=True)
     for ax, (name, split) in zip(axes, report.splits.items(), strict=True):
@@ -77,6 +99,11 @@ def reliability_figure(report: ModelReport, n_bins: int = 15) -> Figure:
 
 def confusion_figure(report: ModelReport) -> Figure:
     """Confusion matrices: one row per split, one column per operating point."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from ..metrics import confusion_at
+
     points = [p for p in OPERATING_POINTS if p in report.operating_points]
     fig = Figure(figsize=(3.2 * len(points), 6.2), layout="constrained")
     axes = fig.subplots(len(report.splits), len(points), squeeze=False)
@@ -96,6 +123,8 @@ def confusion_figure(report: ModelReport) -> Figure:
 
 def bands_table(report: ModelReport) -> pd.DataFrame:
     """Films and accuracy per confidence band at the balanced point, for each split."""
+    from ..metrics import band_rows, called_pneumonia
+
     columns = {}
     for name, split in report.splits.items():
         correct = called_pneumonia(split.probs, report.threshold("balanced")) == split.labels
@@ -116,6 +145,8 @@ def explore(report: ModelReport, threshold: float, prevalence_percent: float | N
 
     A prevalence of 0% or 100% (or none) leaves PPV and NPV undefined: they show "n/a" and the
     note says which values are accepted, instead of an error."""
+    from ..metrics import confusion_at, predictive_values
+
     valid = valid_prevalence(prevalence_percent)
     at = f"at {prevalence_percent:g}%" if valid else "at your prevalence"
     rows = []
@@ -170,8 +201,39 @@ def gallery_items(report: ModelReport) -> list[tuple[Image.Image, str]]:
     return items
 
 
-def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_REPORT) -> None:
-    """Create the Model tab's components in the current Blocks context (a ``gr.Tab``)."""
+PLOTS = {  # elem_id suffix -> (label, figure)
+    "roc": ("ROC", roc_figure),
+    "pr": ("Precision-recall", pr_figure),
+    "reliability": ("Reliability (calibration)", reliability_figure),
+    "confusion": ("Confusion matrices at the three operating points", confusion_figure),
+}
+_DRAWN: dict[Path, tuple[Any, ...]] = {}  # report path -> (plot values..., bands table, gallery items)
+_DRAWING = threading.Lock()
+
+
+def drawn(report_path: str | Path) -> tuple[Any, ...]:
+    """The tab's figures (as ``gr.Plot`` sends them, in the order of ``PLOTS``), bands table and
+    gallery items for the report at ``report_path``: drawn on first use, once per process
+    (concurrent callers wait for it)."""
+    key = Path(report_path).resolve()
+    with _DRAWING:
+        if key not in _DRAWN:
+            report = ModelReport.load(key)
+            encoder = gr.Plot(render=False)  # what each gr.Plot of the tab sends (one format for all)
+            plots = tuple(encoder.postprocess(figure(report)) for _, figure in PLOTS.values())
+            _DRAWN[key] = (*plots, bands_table(report), gallery_items(report))
+        return _DRAWN[key]
+
+
+def prerender(classifier_sha256: str, report_path: str | Path = DEFAULT_REPORT) -> None:
+    """Draw the tab ahead of its first opening, when it shows the report (built for these weights)."""
+    if report_problem(report_path, classifier_sha256) is None:
+        drawn(report_path)
+
+
+def build_model_tab(tab: gr.Tab, classifier_sha256: str, report_path: str | Path = DEFAULT_REPORT) -> None:
+    """Create the Model tab's components in the current Blocks context, ``tab``, which fills them
+    in when a session first opens it (from :func:`drawn`)."""
     problem = report_problem(report_path, classifier_sha256)
     if problem is not None:
         gr.Markdown(problem, elem_id="model-report-problem")
@@ -180,18 +242,15 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
     counts = ", ".join(f"{name} {len(split.labels)} films" for name, split in report.splits.items())
     gr.Markdown(f"## How the model behaves\nPrecomputed for these weights ({counts}). {SPLIT_HELP}")
     with gr.Row():
-        gr.Plot(roc_figure(report), label="ROC", elem_id="model-roc")
-        gr.Plot(pr_figure(report), label="Precision-recall", elem_id="model-pr")
-    gr.Plot(reliability_figure(report), label="Reliability (calibration)", elem_id="model-reliability")
-    gr.Dataframe(
-        bands_table(report),
+        roc = gr.Plot(label=PLOTS["roc"][0], elem_id="model-roc")
+        pr = gr.Plot(label=PLOTS["pr"][0], elem_id="model-pr")
+    reliability = gr.Plot(label=PLOTS["reliability"][0], elem_id="model-reliability")
+    bands = gr.Dataframe(
         label="Accuracy per confidence band (balanced point)",
         interactive=False,
         elem_id="model-bands",
     )
-    gr.Plot(
-        confusion_figure(report), label="Confusion matrices at the three operating points", elem_id="model-confusion"
-    )
+    confusion = gr.Plot(label=PLOTS["confusion"][0], elem_id="model-confusion")
     gr.Markdown("### Threshold explorer")
     with gr.Row():
         threshold = gr.Slider(
@@ -202,9 +261,8 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
             step=0.1,
             label="Prevalence of pneumonia in your setting (%)",
         )
-    table, note = explore(report, threshold.value, DEFAULT_PREVALENCE_PERCENT)
-    explorer_table = gr.Dataframe(table, interactive=False, elem_id="model-explorer")
-    explorer_note = gr.Markdown(note)
+    explorer_table = gr.Dataframe(interactive=False, elem_id="model-explorer")
+    explorer_note = gr.Markdown()
     gr.on(
         [threshold.change, prevalence.change],
         lambda t, p: explore(report, t, p),
@@ -220,8 +278,7 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
         "then Grad-CAM of the evidence for the (wrong) predicted class. Films from Kermany, Zhang and Goldbaum (2018), "
         "doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
     )
-    gr.Gallery(
-        gallery_items(report),
+    gallery = gr.Gallery(
         columns=4,
         height="auto",
         allow_preview=True,
@@ -230,3 +287,13 @@ def build_model_tab(classifier_sha256: str, report_path: str | Path = DEFAULT_RE
         elem_id="model-errors",
         label=f"{len(report.errors)} validation errors",
     )
+    outputs = [roc, pr, reliability, confusion, bands, gallery, explorer_table, explorer_note]
+
+    def fill(note: str, t: float, p: float | None) -> tuple:
+        if note:  # filled in when this session opened the tab before: keep it (the explorer follows its inputs)
+            return (gr.skip(),) * len(outputs)
+        return (*drawn(report_path), *explore(report, t, p))
+
+    # The explorer's note tells whether the tab is filled in (a gr.State would keep a heartbeat
+    # connection open on pages without one).
+    tab.select(fill, [explorer_note, threshold, prevalence], outputs, api_visibility="private")
