@@ -104,14 +104,14 @@ def test_the_page_is_served_before_the_models_load_and_the_first_request_gets_it
 
 @pytest.mark.slow
 def test_the_apps_page_is_built_without_loading_a_network():
-    """``import app`` builds the page from the card alone: no timm, no OpenVINO, no network loaded;
-    and nothing that only the analyses or the Model tab's figures need (matplotlib, scipy,
+    """``import app`` builds the page from the card alone: no torch, no timm, no OpenVINO, no network
+    loaded; and nothing that only the analyses or the Model tab's figures need (matplotlib, scipy,
     scikit-learn), which the page would wait for."""
     import subprocess
     import sys
     from pathlib import Path
 
-    heavy = ("timm", "openvino", "segmentation_models_pytorch", "matplotlib", "scipy", "sklearn")
+    heavy = ("torch", "timm", "openvino", "segmentation_models_pytorch", "matplotlib", "scipy", "sklearn")
     script = f"import sys, app\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)

@@ -13,10 +13,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported in the functions that read or write tensors, not here: the
+# page reads cards and is served before the models load, and must not wait for torch.
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
@@ -110,6 +113,8 @@ def read_card(card_path: str | Path, card_type: type[C] = ModelCard) -> C:  # ty
 def load_tensors(card_path: str | Path, card: Card) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The verified weights of a card as a float32 state dict, and the extra tensors stored beside them
     (e.g. feature statistics for out-of-distribution checks)."""
+    from safetensors.torch import load_file  # deferred: see the imports at the top
+
     tensors = load_file(str(verified_file(Path(card_path), card.weights, card.sha256)))
     state = {
         k.removeprefix("model."): v.float() if v.is_floating_point() else v
@@ -125,12 +130,17 @@ def save_checkpoint(
     card: Card,
     card_path: str | Path,
     extra_tensors: dict[str, torch.Tensor] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
 ) -> Card:
     """Write ``card_path`` (JSON) and its weight file next to it; fill in the card's sha256.
 
-    ``model``'s own state dict is stored: pass the bare network, not a wrapper that adds inputs
-    to it (see :func:`xray_xai.models.framing.unframed`)."""
+    Convolution kernels are stored in ``dtype`` (``None``: ``torch.float16``), everything else
+    in float32. ``model``'s own state dict is stored: pass the bare network, not a wrapper that
+    adds inputs to it (see :func:`xray_xai.models.framing.unframed`)."""
+    import torch  # deferred: see the imports at the top
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if dtype is None else dtype
     card_path = Path(card_path)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = card_path.with_suffix(".safetensors")
@@ -164,9 +174,13 @@ def _stored(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
-def round_kernels(model: torch.nn.Module, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+def round_kernels(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Round ``model``'s convolution kernels in place to the values :func:`save_checkpoint` stores
-    in ``dtype``, so that whatever is fitted afterwards describes the stored file exactly."""
+    in ``dtype`` (``None``: ``torch.float16``, its default), so that whatever is fitted afterwards
+    describes the stored file exactly."""
+    import torch  # deferred: see the imports at the top
+
+    dtype = torch.float16 if dtype is None else dtype
     with torch.no_grad():
         for tensor in model.state_dict().values():
             if _is_kernel(tensor):

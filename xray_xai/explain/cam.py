@@ -25,17 +25,7 @@ import torch
 from torch import nn
 
 from ..models.ensemble import members
-
-# Name -> class name in pytorch_grad_cam. All weight the last stage's activations by the gradient of the logit:
-# Grad-CAM by the channel-mean gradient, HiResCAM element-wise (provably faithful to the
-# logit for a global-average-pooled head), Grad-CAM++ with higher-order weights, LayerCAM by
-# the positive gradient at each position.
-CAM_METHODS: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "hirescam": "HiResCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "layercam": "LayerCAM",
-}
+from .cam_methods import CAM_METHODS  # kept importable from here too
 
 _LOCK = threading.Lock()
 

@@ -29,7 +29,7 @@ from PIL import Image
 from .. import DISCLAIMER
 from ..calibration import OPERATING_POINTS
 from ..checkpoint import ModelCard
-from ..explain.cam import CAM_METHODS
+from ..explain.cam_methods import CAM_METHODS  # not .cam: the page is served before torch loads
 from ..imaging import SUPPORTED, InputError, load_image
 from ..pipeline import OCCLUSION_PRESETS, Options, PendingPipeline, Pipeline, Result, display_pixels
 from ..report import (
