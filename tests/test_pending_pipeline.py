@@ -106,13 +106,17 @@ def test_the_page_is_served_before_the_models_load_and_the_first_request_gets_it
 def test_the_apps_page_is_built_without_loading_a_network():
     """``import app`` builds the page from the card alone: no torch, no timm, no OpenVINO, no network
     loaded; and nothing that only the analyses or the Model tab's figures need (matplotlib, scipy,
-    scikit-learn), which the page would wait for."""
+    scikit-learn), which the page would wait for. Checking a request's options (done before the
+    models are loaded) loads none of them either."""
     import subprocess
     import sys
     from pathlib import Path
 
     heavy = ("torch", "timm", "openvino", "segmentation_models_pytorch", "matplotlib", "scipy", "sklearn")
-    script = f"import sys, app\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    script = (
+        "import sys, app\nfrom xray_xai.pipeline import Options\nOptions(cam_method='layercam').validate()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[0] == "[]"

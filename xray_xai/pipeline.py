@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard, read_card
+from .explain.cam_methods import CAM_METHODS
 from .imaging import InputError, LoadedImage, load_image
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
 from .model_report import load_matching as load_report
@@ -61,8 +62,6 @@ class Options:
     lung_focus: bool = True  # occlude only around the lungs when segmentation is plausible
 
     def validate(self) -> Options:
-        from .explain.cam import CAM_METHODS
-
         if self.cam_method not in CAM_METHODS:
             raise InputError(f"Unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}.")
         if self.explain not in EXPLAIN_TARGETS:
