@@ -69,6 +69,7 @@ def test_blur_input_is_a_gaussian_blur_at_input_size():
     assert np.argmax(profile) == 16
 
 
+@pytest.mark.slow
 def test_cli_writes_bands_and_blurred_scores(tmp_path):
     torch.set_num_threads(1)
     checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint")

@@ -94,6 +94,7 @@ def card_only_classifier(temperature: float = 1.0) -> Classifier:
     return Classifier(model=None, card=card)
 
 
+@pytest.mark.slow
 def test_cli_writes_every_metric_and_plot(tiny):
     root, checkpoint, data = tiny
     out = root / "out"
@@ -224,6 +225,7 @@ def test_cli_val_split_and_versus(tiny, tmp_path):
         main([*args, "--out", str(tmp_path / "none"), "--split", "val"])
 
 
+@pytest.mark.slow
 def test_paired_auroc_difference_is_zero_against_itself_and_signed():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 50)
@@ -270,6 +272,7 @@ def test_temperature_changes_calibrated_but_not_uncalibrated_metrics():
     assert scaled["auroc"] == plain["auroc"]  # a monotone rescaling keeps the ranking
 
 
+@pytest.mark.slow
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 40)

@@ -114,6 +114,7 @@ def run(root, checkpoint, data, out, *extra):
     return faithfulness.run(argv)
 
 
+@pytest.mark.slow
 def test_cli_writes_every_figure(tiny):
     root, checkpoint, data = tiny
     result = run(root, checkpoint, data, root / "out")

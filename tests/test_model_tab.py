@@ -231,6 +231,7 @@ def _kept(value) -> bool:
     return isinstance(value, dict) and value == gr.skip()
 
 
+@pytest.mark.slow
 def test_tab_is_drawn_when_first_opened_with_every_view(report_path):
     demo, tab = _model_tab(report_path, SHA)
     blocks = list(demo.blocks.values())
@@ -256,6 +257,7 @@ def test_tab_is_drawn_when_first_opened_with_every_view(report_path):
     assert all(again[f"model-{name}"] is values[f"model-{name}"] for name in ("roc", "pr", "reliability", "confusion"))
 
 
+@pytest.mark.slow
 def test_the_figures_sent_are_the_tabs_figures(report_path):
     report = ModelReport.load(report_path)
     values = _open(*_model_tab(report_path, SHA))

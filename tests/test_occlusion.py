@@ -50,7 +50,9 @@ def resnet(image) -> nn.Module:
 
 
 @pytest.mark.parametrize("baseline", ["blur", "mean", "zero"])
-@pytest.mark.parametrize("window,stride", [(12, 6), (10, 7)])  # (10, 7): last window cut off
+@pytest.mark.parametrize(
+    "window,stride", [pytest.param(12, 6, marks=pytest.mark.slow), (10, 7)]
+)  # (10, 7): last window cut off
 def test_matches_naive_loop(resnet, image, baseline, window, stride):
     naive = occlusion_map_naive(resnet, image, window=window, stride=stride, baseline=baseline)
     fast = occlusion_map(resnet, image, window=window, stride=stride, baseline=baseline, batch_size=7)

@@ -145,6 +145,7 @@ def test_compiled_segmenter_matches_torch(segmenter, cache):
     np.testing.assert_allclose(fast.probabilities(x).numpy(), segmenter.probabilities(x).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_accelerated_ensemble_keeps_its_structure_and_answers(net, segmenter, cache):
     framer = LungBoxFramer(segmenter, mean=0.5, std=0.25)
     model = Ensemble([net, LungBoxFramed(net, framer), LungBoxFramed(net, framer)]).eval()
