@@ -326,12 +326,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (CI installs the Debian package)")
 def test_model_tab_renders_in_a_browser(report_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    with gr.Blocks() as demo:
-        with gr.Tabs():
-            with gr.Tab("Analyse"):
-                gr.Markdown("analyse")
-            with gr.Tab("Model") as tab:
-                build_model_tab(tab, SHA, report_path)
+    demo, _ = _model_tab(report_path, SHA)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
