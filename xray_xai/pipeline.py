@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard, read_card
+from .checkpoint import DEFAULT_CHECKPOINT, DEFAULT_LUNG_CHECKPOINT, ModelCard
 from .explain.cam_methods import CAM_METHODS
 from .imaging import InputError, LoadedImage, load_image
 from .model_report import DEFAULT_REPORT, ModelReport, track_record
@@ -273,11 +273,6 @@ class PendingPipeline:
         self._future: Future[Pipeline] = Future()
         self._claimed = False
         self._lock = threading.Lock()
-
-    @classmethod
-    def of(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT) -> PendingPipeline:
-        """The pipeline :meth:`Pipeline.load` gives for ``checkpoint``, its card read now."""
-        return cls(lambda: Pipeline.load(checkpoint), read_card(checkpoint))
 
     def result(self, timeout: float | None = None) -> Pipeline:
         """The loaded pipeline: loaded here if no thread has started loading it, else waited for."""
