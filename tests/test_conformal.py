@@ -21,7 +21,7 @@ from xray_xai.conformal import (
     fit_mondrian,
     prediction_set,
 )
-from xray_xai.training.conformal import choose_alpha, point_figures, refit_card, share_figure
+from xray_xai.training.conformal import choose_alpha, cross_fitted, point_figures, refit_card, share_figure
 
 unit = st.floats(0.0, 1.0, allow_nan=False)
 labelled = st.integers(1, 80).flatmap(
@@ -217,12 +217,15 @@ def test_refit_card_orders_the_points_and_keeps_the_weights(tmp_path):
     assert back.conformal["alpha_rule"] == "given" and back.conformal["validation"]["coverage_normal"] >= 0.95
 
 
-def test_choose_alpha_takes_the_smallest_alpha_within_the_inconclusive_limit():
+def test_choose_alpha_takes_the_smallest_alpha_within_the_held_out_inconclusive_limit():
     probs, labels = synthetic(np.random.default_rng(5), 800, separation=1.5)
-    chosen, figures = choose_alpha(probs, labels, None, (0.01, 0.05, 0.1, 0.2), max_inconclusive=0.10)
+    groups = np.arange(800) // 2  # two films per patient
+    alphas = (0.01, 0.05, 0.1, 0.2)
+    chosen, figures = choose_alpha(probs, labels, None, groups, alphas, max_inconclusive=0.10)
+    assert figures == {str(a): cross_fitted(probs, labels, None, groups, a) for a in alphas}  # held out, not in sample
     ok = [float(a) for a, f in figures.items() if f["inconclusive"] <= 0.10]
-    assert chosen == (min(ok) if ok else 0.2)
-    none_ok, _ = choose_alpha(probs, labels, np.ones(800, bool), (0.01, 0.05), max_inconclusive=0.10)
+    assert ok and chosen == min(ok)
+    none_ok, _ = choose_alpha(probs, labels, np.ones(800, bool), groups, (0.01, 0.05), max_inconclusive=0.10)
     assert none_ok == 0.05  # every film flagged: nothing qualifies, the largest alpha is taken
 
 
