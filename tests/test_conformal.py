@@ -21,7 +21,8 @@ from xray_xai.conformal import (
     fit_mondrian,
     prediction_set,
 )
-from xray_xai.training.conformal import choose_alpha, cross_fitted, point_figures, refit_card, share_figure
+from xray_xai.metrics import share_figure
+from xray_xai.training.conformal import choose_alpha, cross_fitted, point_figures, refit_card
 
 unit = st.floats(0.0, 1.0, allow_nan=False)
 labelled = st.integers(1, 80).flatmap(

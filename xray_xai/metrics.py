@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import bootstrap
+from scipy.stats import binomtest, bootstrap
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .results import BANDS
@@ -267,6 +267,23 @@ def percentile_interval(
     )
     low, high = result.confidence_interval
     return [float(low), float(high)]
+
+
+def share_figure(hits: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """A share with its bootstrap interval and, since a share of 0 or 1 gives a bootstrap
+    interval of zero width, the exact (Clopper-Pearson) interval too."""
+    hits = np.asarray(hits, dtype=float)
+    if not hits.size:
+        return {"value": None, "k": 0, "n": 0, "ci95": None, "exact_ci95": None}
+    k, n = int(hits.sum()), int(hits.size)
+    exact = binomtest(k, n).proportion_ci(CI_LEVEL, method="exact")
+    return {
+        "value": k / n,
+        "k": k,
+        "n": n,
+        "ci95": percentile_interval((hits,), np.mean, n_resamples, seed, paired=True),
+        "exact_ci95": [float(exact.low), float(exact.high)],
+    }
 
 
 def share_interval(

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
@@ -50,7 +49,7 @@ from ..checkpoint import DEFAULT_CHECKPOINT, ModelCard, read_card
 from ..conformal import INCONCLUSIVE, NORMAL, PNEUMONIA, ConformalThresholds, answers, coverage, fit_mondrian
 from ..data import VAL_PATIENTS_FILE, Sample, list_samples, patient_id, validation_samples
 from ..imaging import InputError, load_image
-from ..metrics import CI_LEVEL, percentile_interval
+from ..metrics import percentile_interval, share_figure
 from ..preprocess import read_dataset_image
 
 ALPHAS = (0.01, 0.02, 0.05, 0.1)
@@ -246,23 +245,6 @@ def interval(statistic, *samples: np.ndarray, n_resamples: int = 2000, seed: int
     if not samples[0].size:
         return None
     return percentile_interval(samples, statistic, n_resamples, seed, paired=True)
-
-
-def share_figure(hits: np.ndarray, n_resamples: int, seed: int) -> dict:
-    """A share with its bootstrap interval and, since a share of 0 or 1 gives a bootstrap
-    interval of zero width, the exact (Clopper-Pearson) interval too."""
-    hits = np.asarray(hits, dtype=float)
-    if not hits.size:
-        return {"value": None, "k": 0, "n": 0, "ci95": None, "exact_ci95": None}
-    k, n = int(hits.sum()), int(hits.size)
-    exact = binomtest(k, n).proportion_ci(CI_LEVEL, method="exact")
-    return {
-        "value": k / n,
-        "k": k,
-        "n": n,
-        "ci95": interval(np.mean, hits, n_resamples=n_resamples, seed=seed),
-        "exact_ci95": [float(exact.low), float(exact.high)],
-    }
 
 
 def answer_figures(
