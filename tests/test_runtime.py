@@ -7,10 +7,13 @@ other tests read it back from there.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from tests.tiny import make_tiny_checkpoint
 from xray_xai.checkpoint import ModelCard
 from xray_xai.models import runtime
 from xray_xai.models.ensemble import Ensemble
@@ -193,6 +196,68 @@ def test_serve_compiles_only_when_the_card_or_the_environment_asks(net, cache, m
     card.runtime = {"engine": "openvino", "precision": "f32"}
     with pytest.warns(RuntimeWarning, match="could not compile"):
         assert runtime.serve(net, card) is net
+
+
+def test_a_serving_precision_names_the_networks_and_the_lung_unet_precisions():
+    assert runtime.serving_precisions("f32") == ("f32", "f32")
+    assert runtime.serving_precisions("bf16") == ("bf16", "bf16")
+    assert runtime.serving_precisions("bf16_lungs_f32") == ("bf16", "f32")
+    for unknown in ("fp16", "f32_lungs_bf16", "ov_f32"):
+        with pytest.raises(ValueError, match="f32, bf16, bf16_lungs_f32"):
+            runtime.serving_precisions(unknown)
+
+
+@pytest.fixture(scope="module")
+def framed(net, segmenter):
+    """A plain and a lung-box member: the classifier networks and the framing U-Net to compile."""
+    return Ensemble([net, LungBoxFramed(net, LungBoxFramer(segmenter, mean=0.5, std=0.25))]).eval()
+
+
+def hints(served: Ensemble) -> tuple[list[str], str]:
+    """The precisions the compiled graphs run at: ``([member networks], lung U-Net)``."""
+    plain, boxed = served.members
+
+    def hint(net: runtime.CompiledNet) -> str:
+        return net._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    return [hint(plain), hint(boxed.net)], hint(boxed.segmenter.model)
+
+
+@pytest.mark.slow
+def test_serve_compiles_a_combination_networks_bf16_and_the_lung_unet_f32(framed, cache, monkeypatch):
+    monkeypatch.setenv(runtime.CACHE_ENV, str(cache))
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    bf16 = runtime.resolve_precision("bf16")  # "f32" on a CPU without bf16
+    version = runtime.version()
+    card = ModelCard(arch="resnet10t", input_size=SIZE, mean=0.5, std=0.25)
+    card.runtime = {"engine": "openvino", "precision": "bf16_lungs_f32", "passing": ["f32", "bf16_lungs_f32"]}
+    served = runtime.serve(framed, card)
+    assert hints(served) == ([bf16, bf16], "f32")
+    assert runtime.describe(served) == f"OpenVINO {version} {bf16}" + (" (lung U-Net f32)" if bf16 == "bf16" else "")
+    # the environment asks for the combination over a card that asks for f32 but lets it pass
+    card.runtime = {"engine": "openvino", "precision": "f32", "passing": ["f32", "bf16_lungs_f32"]}
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "openvino:bf16_lungs_f32")
+    assert hints(runtime.serve(framed, card)) == ([bf16, bf16], "f32")
+    # a combination the card's accuracy check did not pass: every network f32
+    card.runtime = {"engine": "openvino", "precision": "f32", "passing": ["f32"]}
+    with pytest.warns(RuntimeWarning, match="bf16_lungs_f32 failed the model card's accuracy check"):
+        served = runtime.serve(framed, card)
+    assert hints(served) == (["f32", "f32"], "f32")
+    assert runtime.describe(served) == f"OpenVINO {version} f32"
+    assert runtime.describe(framed).startswith("PyTorch")
+
+
+def test_warm_cache_compiles_the_precision_the_card_is_served_at(tmp_path, monkeypatch):
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    path = make_tiny_checkpoint(tmp_path)
+    raw = json.loads(path.read_text())
+    raw["runtime"] = {"engine": "openvino", "precision": "bf16_lungs_f32", "passing": ["f32", "bf16_lungs_f32"]}
+    path.write_text(json.dumps(raw))
+    calls = []
+    monkeypatch.setattr(runtime, "accelerate", lambda model, size, *precisions: calls.append(precisions))
+    assert runtime.warm_cache(path)[0] == "bf16_lungs_f32" and calls == [("bf16", "f32")]
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "torch")  # nothing served by OpenVINO: nothing to warm
+    assert runtime.warm_cache(path) is None and len(calls) == 1
 
 
 def test_compare_applies_the_three_serving_criteria():

@@ -36,17 +36,25 @@ Interface
 ``serve(model, card, segmenter=None)``
     What the ``Classifier`` should score with: ``accelerate(model, ...)`` (warmed up at batch 1)
     when the card's ``runtime`` section (or the ``XRAY_XAI_RUNTIME`` environment variable, e.g.
-    ``openvino:f32`` or ``torch``) asks for OpenVINO and it can be used, else ``model`` itself
-    (with a warning when OpenVINO was asked for but cannot be used). Card section:
+    ``openvino:bf16_lungs_f32`` or ``torch``) asks for OpenVINO and it can be used, else ``model``
+    itself (with a warning when OpenVINO was asked for but cannot be used). Card section:
     ``{"engine": "openvino", "precision": "f32", "passing": ["f32"]}``: ``passing`` lists the
-    precisions that passed ``benchmarks/runtime.py --accuracy``, and no other is ever served.
+    serving precisions that passed ``benchmarks/runtime.py --accuracy``, and no other is ever
+    served (f32 instead if it passed, else torch).
+
+Serving precisions (``SERVING_PRECISIONS``), one name each in the card, ``XRAY_XAI_RUNTIME``,
+``passing`` and the accuracy benchmark's rows (``ov_<name>``): ``f32`` and ``bf16`` compile every
+network at that precision; ``bf16_lungs_f32`` compiles the classifier networks in bf16 and the lung
+U-Net that frames the lung-box members in f32 (:func:`serving_precisions` splits a name). Where the
+CPU has no bf16, each bf16 network runs in f32 (:func:`resolve_precision`).
 
 ``warm_cache(card_path)`` / ``python -m xray_xai.models.runtime [CARD]``
-    Converts and compiles a checkpoint's networks into the cache ahead of the first start.
+    Converts and compiles a checkpoint's networks, at the serving precision ``serve`` would use,
+    into the cache ahead of the first start.
 
 ``accuracy_report(...)``
-    The comparison of fp32 torch with each runtime precision that decides which precisions may be
-    served (AUROC equal to 3 decimals, max |dP| <= 0.01 on the calibrated ensemble probability,
+    The comparison of fp32 torch with each serving precision that decides which may be served
+    (AUROC equal to 3 decimals, max |dP| <= 0.01 on the calibrated ensemble probability,
     identical decisions at the balanced threshold on >= 99.5% of films).
 
 Integration into ``Classifier``: keep ``model`` (torch: the explainer and the maps come from it)
@@ -55,7 +63,10 @@ explainer; ``probabilities`` and ``score`` call ``self.serving`` where they call
 
 On the shipped checkpoint (OpenVINO 2026.4.1) f32 matches fp32 torch to 4e-7 in P(pneumonia);
 bf16 keeps AUROC and every balanced decision but moves P by up to 0.021, over the 0.01 limit, so
-only f32 may be served there (``benchmarks/runtime.py --accuracy``).
+only f32 may be served there (its card: ``"passing": ["f32"]``). Another checkpoint may serve
+``bf16_lungs_f32`` once ``benchmarks/runtime.py --accuracy`` lists it as passing for those weights
+(its ``card_passing`` is the card's ``passing``), e.g. ``{"engine": "openvino", "precision":
+"bf16_lungs_f32", "passing": ["f32", "bf16_lungs_f32"]}``.
 
 Caches (cold start does not grow with use): the traced network is kept as OpenVINO IR under
 ``cache_dir()/ir`` keyed by its weights, architecture and the torch/OpenVINO versions, so a
@@ -95,9 +106,10 @@ from .ensemble import Ensemble
 from .framing import LungBoxFramed, LungBoxFramer
 from .lungs import LungSegmenter
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16")  # of one compiled network
+SERVING_PRECISIONS = ("f32", "bf16", "bf16_lungs_f32")  # of a served classifier: see serving_precisions
 CACHE_ENV = "XRAY_XAI_OV_CACHE"
-RUNTIME_ENV = "XRAY_XAI_RUNTIME"  # "torch", "openvino", "openvino:f32" or "openvino:bf16"
+RUNTIME_ENV = "XRAY_XAI_RUNTIME"  # "torch", "openvino" (f32) or "openvino:<one of SERVING_PRECISIONS>"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xray_xai" / "openvino"
 IR_FORMAT = 2  # bump when the way networks are wrapped or converted changes
 IR_SUFFIXES = (".bin", ".xml", ".sha256")  # the files of one cached network, in the order they are moved into place
@@ -151,6 +163,16 @@ def _writable(folder: Path) -> bool:
 def supports_bf16() -> bool:
     """Whether OpenVINO's CPU plugin can run bf16 on this CPU."""
     return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def serving_precisions(name: str) -> tuple[str, str]:
+    """``(classifier networks, lung U-Net)`` precisions of a serving precision name, the one name
+    a card's ``runtime``, ``XRAY_XAI_RUNTIME`` and the accuracy benchmark's rows (``"ov_" + name``)
+    use: ``"bf16_lungs_f32"`` gives ``("bf16", "f32")``, a plain ``"f32"`` or ``"bf16"`` both the same."""
+    if name not in SERVING_PRECISIONS:
+        raise ValueError(f"unknown serving precision {name!r}; choose one of {', '.join(SERVING_PRECISIONS)}")
+    networks, _, lungs = name.partition("_lungs_")
+    return networks, lungs or networks
 
 
 def resolve_precision(precision: str) -> str:
@@ -411,7 +433,7 @@ def accelerate(
 
 
 def requested(card_runtime: dict | None) -> tuple[str, str]:
-    """``(engine, precision)`` asked for by ``XRAY_XAI_RUNTIME`` if set, else by a card's ``runtime``."""
+    """``(engine, serving precision)`` asked for by ``XRAY_XAI_RUNTIME`` if set, else by a card's ``runtime``."""
     spec = os.environ.get(RUNTIME_ENV, "").strip().lower()
     if spec:
         engine, _, precision = spec.partition(":")
@@ -420,28 +442,35 @@ def requested(card_runtime: dict | None) -> tuple[str, str]:
     return str(card_runtime.get("engine", "torch")).lower(), str(card_runtime.get("precision", "f32")).lower()
 
 
+def served_precision(card_runtime: dict | None) -> str | None:
+    """The serving precision OpenVINO is to compile for a card's ``runtime`` (see :func:`requested`),
+    or None for torch. Its ``passing`` (the names that passed the accuracy check) vetoes any other
+    name, even one asked for by the environment: f32 is served instead if it passed, else torch."""
+    engine, precision = requested(card_runtime)
+    if engine != "openvino":
+        return None
+    passing = (card_runtime or {}).get("passing")
+    if passing is None or precision in passing:
+        return precision
+    fallback = "f32" if "f32" in passing else None
+    warnings.warn(
+        f"OpenVINO {precision} failed the model card's accuracy check: serving with "
+        f"{'OpenVINO f32' if fallback else 'torch'}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return fallback
+
+
 def serve(model: nn.Module, card, segmenter: LungSegmenter | None = None) -> nn.Module:
-    """The model a ``Classifier`` should score with (see the module docstring): compiled when asked
-    for and possible, else ``model`` unchanged. A card's ``runtime["passing"]`` (the precisions that
-    passed the accuracy check) vetoes any other precision, even one asked for by the environment.
+    """The model a ``Classifier`` should score with (see the module docstring): compiled at the
+    card's :func:`served_precision` when asked for and possible, else ``model`` unchanged.
     ``segmenter``: an accelerated lung segmenter to share (see :func:`accelerate`)."""
     if model is None:
         return model
-    engine, precision = requested(getattr(card, "runtime", None))
-    if engine != "openvino":
+    precision = served_precision(getattr(card, "runtime", None))
+    if precision is None:
         return model
-    passing = (getattr(card, "runtime", None) or {}).get("passing")
-    if passing is not None and precision not in passing:
-        fallback = "f32" if "f32" in passing else None
-        warnings.warn(
-            f"OpenVINO {precision} failed the model card's accuracy check: serving with "
-            f"{'OpenVINO f32' if fallback else 'torch'}.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        if fallback is None:
-            return model
-        precision = fallback
     if not available():
         warnings.warn(
             "The model card asks for OpenVINO, which is not installed: serving with torch.",
@@ -450,7 +479,8 @@ def serve(model: nn.Module, card, segmenter: LungSegmenter | None = None) -> nn.
         )
         return model
     try:
-        served = accelerate(model, card.input_size, precision, segmenter=segmenter)
+        networks, lungs = serving_precisions(precision)
+        served = accelerate(model, card.input_size, networks, lungs, segmenter=segmenter)
         with torch.inference_mode():  # the first call of a compiled network prepares its kernels
             served(torch.zeros(1, 1, card.input_size, card.input_size))
         return served
@@ -461,21 +491,15 @@ def serve(model: nn.Module, card, segmenter: LungSegmenter | None = None) -> nn.
         return model
 
 
-def compiled_nets(model: nn.Module) -> list[CompiledNet]:
-    """The compiled networks inside a served model (none when it is served by torch)."""
-    found = [m for m in model.modules() if isinstance(m, CompiledNet)]
-    for member in model.modules():
-        if isinstance(member, LungBoxFramed) and isinstance(member.segmenter.model, CompiledNet):
-            found.append(member.segmenter.model)
-    return found
-
-
 def describe(model: nn.Module) -> str:
-    """The runtime serving ``model``, for a report: "OpenVINO 2026.4.1 f32" or "PyTorch 2.x fp32"."""
-    precisions = sorted({net.precision for net in compiled_nets(model)})
-    if precisions:
-        return f"OpenVINO {version()} {'/'.join(precisions)}"
-    return f"PyTorch {torch.__version__.split('+')[0]} fp32"
+    """The runtime serving ``model``, for a report: "OpenVINO 2026.4.1 f32", "OpenVINO 2026.4.1 bf16
+    (lung U-Net f32)" when the framing U-Net runs at another precision, or "PyTorch 2.x fp32"."""
+    networks = sorted({m.precision for m in model.modules() if isinstance(m, CompiledNet)})
+    if not networks:
+        return f"PyTorch {torch.__version__.split('+')[0]} fp32"
+    lungs = served_segmenter(model)
+    differs = lungs is not None and [lungs.model.precision] != networks
+    return f"OpenVINO {version()} {'/'.join(networks)}" + (f" (lung U-Net {lungs.model.precision})" if differs else "")
 
 
 def served_segmenter(model: nn.Module) -> LungSegmenter | None:
@@ -486,28 +510,34 @@ def served_segmenter(model: nn.Module) -> LungSegmenter | None:
     return None
 
 
-def warm_cache(card_path: str | Path | None = None, precisions: Sequence[str] = PRECISIONS) -> dict[str, float]:
+def warm_cache(card_path: str | Path | None = None) -> tuple[str, float] | None:
     """Convert and compile a checkpoint's networks into the cache (e.g. while building an image, so
-    the first start of the app reads them back instead of converting); seconds per precision."""
+    the first start of the app reads them back instead of converting), at the serving precision
+    :func:`serve` would use: ``(that name, seconds)``, or None when the card is served by torch.
+    One precision is enough: the IR is keyed by the weights and the compiled blob does not depend
+    on the precision hint, so every serving precision then starts from the cache."""
     import time
 
     from ..checkpoint import DEFAULT_CHECKPOINT
     from .factory import load_checkpoint
 
     model, card, _ = load_checkpoint(card_path or DEFAULT_CHECKPOINT)
-    seconds = {}
-    for precision in precisions:
-        start = time.perf_counter()
-        accelerate(model, card.input_size, precision)
-        seconds[precision] = time.perf_counter() - start
-    return seconds
+    precision = served_precision(card.runtime)
+    if precision is None:
+        return None
+    start = time.perf_counter()
+    accelerate(model, card.input_size, *serving_precisions(precision))
+    return precision, time.perf_counter() - start
 
 
 if __name__ == "__main__":  # python -m xray_xai.models.runtime [CARD]: fill the cache for a checkpoint
     import sys
 
-    for name, took in warm_cache(sys.argv[1] if len(sys.argv) > 1 else None).items():
-        print(f"{name}: {took:.1f} s -> {cache_dir()}")
+    warmed = warm_cache(sys.argv[1] if len(sys.argv) > 1 else None)
+    if warmed is None:
+        print(f"the card is served by torch ({RUNTIME_ENV}=openvino:<precision> to warm OpenVINO's cache)")
+    else:
+        print(f"OpenVINO {warmed[0]}: {warmed[1]:.1f} s -> {cache_dir()}")
 
 
 # --- accuracy of a runtime against fp32 torch -------------------------------------------------
