@@ -1,4 +1,4 @@
-"""CPU latency of the shipped networks under torch and OpenVINO, and the accuracy of each runtime precision.
+"""CPU latency of the shipped networks under torch and OpenVINO, and the accuracy of each serving precision.
 
     python benchmarks/runtime.py [--repeats 20] [--threads 2] [--batches 1 3 32]
     python benchmarks/runtime.py --accuracy --data ../shared/data/chest_xray
@@ -12,18 +12,22 @@ Default mode: median milliseconds per call, runtime x batch size, for
   - ``lungs``: the lung segmenter's U-Net (128 px).
 Runtimes: torch fp32 contiguous (weights and input batch; the library's own crops and segmenter
 input stay channels_last), torch fp32 channels_last (as the app serves today), torch bf16
-autocast channels_last, OpenVINO f32 and OpenVINO bf16 (f32 where the CPU has no bf16). All run in
-one process with ``--threads`` torch/OpenVINO threads, interleaved within each repeat so that
-background load hits them alike. Last stdout line: one JSON object, ensemble figures at the top
-level (``torch_fp32_b1_ms`` = contiguous, ``torch_fp32_cl_b1_ms``, ``torch_bf16_cl_b1_ms``,
-``ov_f32_b1_ms``, ``ov_bf16_b1_ms`` ...; ``speedup_bN`` = torch fp32 channels_last / OpenVINO f32,
-``speedup_bf16_bN`` = the same over OpenVINO bf16) and every network under ``networks``.
+autocast channels_last, and OpenVINO at each precision (``ov_f32``, ``ov_bf16``; f32 where the CPU
+has no bf16), the ensemble also at the serving precision ``ov_bf16_lungs_f32`` (classifier networks
+bf16, lung U-Net f32). All run in one process with ``--threads`` torch/OpenVINO threads, interleaved
+within each repeat so that background load hits them alike. Last stdout line: one JSON object,
+ensemble figures at the top level (``torch_fp32_b1_ms`` = contiguous, ``torch_fp32_cl_b1_ms``,
+``torch_bf16_cl_b1_ms``, ``ov_f32_b1_ms``, ``ov_bf16_b1_ms``, ``ov_bf16_lungs_f32_b1_ms`` ...;
+``speedup_bN`` = torch fp32 channels_last / OpenVINO f32, ``speedup_bf16_bN`` and
+``speedup_bf16_lungs_f32_bN`` the same over the other two) and every network under ``networks``.
 
-``--accuracy``: fp32 torch against each OpenVINO precision on the checkpoint's validation films
-(its patients in ``DATA/train``) and ``DATA/shift_dev``: AUROC equal to 3 decimals, max |dP| <= 0.01
-on the calibrated ensemble P(pneumonia), identical decisions at the balanced threshold on
->= 99.5% of films. A precision that fails any criterion on any split is reported as failing and
-must not be served. Last stdout line: one JSON object.
+``--accuracy``: fp32 torch against OpenVINO at each serving precision (rows ``ov_`` + the name a
+card uses: ``runtime.SERVING_PRECISIONS``) on the checkpoint's validation films (its patients in
+``DATA/train``) and ``DATA/shift_dev``: AUROC equal to 3 decimals, max |dP| <= 0.01 on the
+calibrated ensemble P(pneumonia), identical decisions at the balanced threshold on >= 99.5% of
+films. A precision that fails any criterion on any split is reported as failing and must not be
+served. Last stdout line: one JSON object; ``passing`` lists the passing rows, ``card_passing``
+the same as the card's ``runtime.passing`` names them (without ``ov_``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,15 @@ from xray_xai.models.framing import LungBoxFramed
 from xray_xai.preprocess import read_dataset_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-RUNTIMES = ("torch_fp32", "torch_fp32_cl", "torch_bf16_cl", "ov_f32", "ov_bf16")
+ROW = "ov_"  # a runtime row's name: ROW + a serving precision (runtime.SERVING_PRECISIONS)
+
+
+def serving_runtimes(model: torch.nn.Module, size: int, threads: int) -> dict[str, torch.nn.Module]:
+    """``{"ov_" + name: model compiled at that serving precision}`` for each name a card may serve."""
+    return {
+        ROW + name: runtime.accelerate(model, size, *runtime.serving_precisions(name), threads=threads)
+        for name in runtime.SERVING_PRECISIONS
+    }
 
 
 def framed_segmenter(model: torch.nn.Module):
@@ -115,31 +127,25 @@ def build_targets(classifier: Classifier, threads: int) -> tuple[dict, dict]:
     net_cont = members(contiguous)[0]
     unet_cont = framed_segmenter(contiguous).model
     size = classifier.input_size
-    seg_size = segmenter.card.input_size
-    ov = {p: runtime.accelerate(model, size, p, threads=threads) for p in ("f32", "bf16")}
-    ov_net = {p: runtime.CompiledNet(net_cl, (1, size, size), p, threads) for p in ("f32", "bf16")}
-    ov_unet = {p: runtime.CompiledNet(segmenter.model, (1, seg_size, seg_size), p, threads) for p in ("f32", "bf16")}
+    seg = segmenter.card.input_size
     targets = {
         "classifier": {
             "torch_fp32": pooled_call(net_cont),
             "torch_fp32_cl": pooled_call(net_cl),
             "torch_bf16_cl": with_autocast(pooled_call(net_cl)),
-            "ov_f32": ov_net["f32"].run,
-            "ov_bf16": ov_net["bf16"].run,
+            **{ROW + p: runtime.CompiledNet(net_cl, (1, size, size), p, threads).run for p in runtime.PRECISIONS},
         },
         "lungs": {
             "torch_fp32": unet_cont,
             "torch_fp32_cl": segmenter.model,
             "torch_bf16_cl": with_autocast(segmenter.model),
-            "ov_f32": ov_unet["f32"],
-            "ov_bf16": ov_unet["bf16"],
+            **{ROW + p: runtime.CompiledNet(segmenter.model, (1, seg, seg), p, threads) for p in runtime.PRECISIONS},
         },
         "ensemble": {
             "torch_fp32": scoring(contiguous),
             "torch_fp32_cl": scoring(model),
             "torch_bf16_cl": with_autocast(scoring(model)),
-            "ov_f32": scoring(ov["f32"]),
-            "ov_bf16": scoring(ov["bf16"]),
+            **{name: scoring(served) for name, served in serving_runtimes(model, size, threads).items()},
         },
     }
     films = example_films()
@@ -182,7 +188,7 @@ def time_targets(targets: dict, inputs: dict, batches: list[int], repeats: int, 
 
 def print_table(medians: dict, batches: list[int]) -> None:
     header = (
-        f"{'network':<11} {'runtime':<15}"
+        f"{'network':<11} {'runtime':<17}"
         + "".join(f"{'b' + str(b) + ' ms':>11}" for b in batches)
         + "".join(f"{'b' + str(b) + ' ms/film':>14}" for b in batches if b > 1)
     )
@@ -190,7 +196,7 @@ def print_table(medians: dict, batches: list[int]) -> None:
     print("-" * len(header))
     for target, runs in medians.items():
         for name, per in runs.items():
-            row = f"{target:<11} {name:<15}" + "".join(f"{per[b]:>11.1f}" for b in batches)
+            row = f"{target:<11} {name:<17}" + "".join(f"{per[b]:>11.1f}" for b in batches)
             row += "".join(f"{per[b] / b:>14.2f}" for b in batches if b > 1)
             print(row)
 
@@ -208,10 +214,11 @@ def benchmark(args: argparse.Namespace) -> None:
     print("PROVISIONAL unless run on an idle machine")
     print_table(medians, args.batches)
     ensemble = medians["ensemble"]
-    summary: dict = {f"{name}_b{b}_ms": round(ensemble[name][b], 2) for name in RUNTIMES for b in args.batches}
+    summary: dict = {f"{name}_b{b}_ms": round(per[b], 2) for name, per in ensemble.items() for b in args.batches}
     for b in args.batches:
-        summary[f"speedup_b{b}"] = round(ensemble["torch_fp32_cl"][b] / ensemble["ov_f32"][b], 3)
-        summary[f"speedup_bf16_b{b}"] = round(ensemble["torch_fp32_cl"][b] / ensemble["ov_bf16"][b], 3)
+        for name in runtime.SERVING_PRECISIONS:  # speedup_bN over OpenVINO f32, speedup_<name>_bN over the others
+            key = f"speedup_b{b}" if name == "f32" else f"speedup_{name}_b{b}"
+            summary[key] = round(ensemble["torch_fp32_cl"][b] / ensemble[ROW + name][b], 3)
     summary["networks"] = {
         t: {f"{name}_b{b}_ms": round(per[b], 2) for name, per in runs.items() for b in args.batches}
         for t, runs in medians.items()
@@ -249,14 +256,7 @@ def accuracy(args: argparse.Namespace) -> None:
             film_batches(classifier, [s.path for s in samples], args.batch_size),
             np.array([s.label for s in samples]),
         )
-    size = classifier.input_size
-    runtimes = {
-        "ov_f32": runtime.accelerate(classifier.model, size, "f32", threads=args.threads),
-        "ov_bf16": runtime.accelerate(classifier.model, size, "bf16", threads=args.threads),
-        "ov_bf16_lungs_f32": runtime.accelerate(
-            classifier.model, size, "bf16", segmenter_precision="f32", threads=args.threads
-        ),
-    }
+    runtimes = serving_runtimes(classifier.model, classifier.input_size, args.threads)
     actual = {
         name: sorted({m.net.precision if isinstance(m, LungBoxFramed) else m.precision for m in members(model)})
         for name, model in runtimes.items()
@@ -287,7 +287,9 @@ def accuracy(args: argparse.Namespace) -> None:
                 + ("pass" if r["passes"] else "FAIL: " + ", ".join(failed))
             )
     passing = [name for name, result in report.items() if result["passes"]]
+    card_passing = [name.removeprefix(ROW) for name in passing]
     print("passing: " + (", ".join(passing) if passing else "none") + "; a failing precision must not be served")
+    print(f'the card\'s runtime: "passing": {json.dumps(card_passing)}')
     print(
         json.dumps(
             {
@@ -298,6 +300,7 @@ def accuracy(args: argparse.Namespace) -> None:
                 "precisions": actual,
                 "runtimes": report,
                 "passing": passing,
+                "card_passing": card_passing,
             }
         )
     )
