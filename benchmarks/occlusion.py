@@ -1,6 +1,7 @@
 """Occlusion on the app's path against Captum's ``Occlusion`` and the PyTorch fp32 path, side by side.
 
     python benchmarks/occlusion.py [--checkpoint checkpoints/classifier.json] [--repeats 1]
+    python benchmarks/occlusion.py --precision-check [--data examples]
 
 All three explain the same model, the whole ensemble the app serves, with the blur baseline and
 2 threads:
@@ -17,7 +18,15 @@ check ``uptime`` first: timings from a busy machine are provisional. Then the ap
 typical lung box (the app's lung focus). Last stdout line: one JSON object with ``vs_captum`` and
 ``vs_exact`` (their time / the app's at window 16, stride 8), ``max_abs_diff`` (largest |exact -
 captum| over the maps), ``app_vs_exact`` (largest |app - exact|: the windows that move the lung
-box), ``fast_preset_s`` and ``fine_preset_s`` (lung focus, as the app runs them).
+box), ``fast_preset_s`` and ``fine_preset_s`` (lung focus, as the app runs them, each at the
+precision the card gives it).
+
+``--precision-check`` instead compares, for every film under ``--data`` and every preset, the
+app's map in bfloat16 autocast with the float32 one (lung focus in the typical box, timed side
+by side): the issue's criterion is a rank correlation >= 0.99 on every film; a preset whose bf16
+maps pass may be listed in the card's ``runtime["occlusion_precision"]``. Last line: JSON with,
+per preset, the lowest and median Spearman correlation, the share of films >= 0.99, the largest
+|map difference| and the f32 / bf16 time ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import Occlusion
+from scipy.stats import spearmanr
 
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT
 from xray_xai.explain.occlusion import make_baseline, occlusion_map
@@ -68,13 +78,50 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
+def precision_check(classifier: Classifier, films: list[Path]) -> None:
+    """bf16-autocast maps against float32 maps, per preset, on the app's path (see the docstring)."""
+    kw = {"served": classifier.serving, "temperature": classifier.card.temperature, "batch_size": OCCLUSION_BATCH}
+    results = {}
+    for name, preset in OCCLUSION_PRESETS.items():
+        rhos, diffs, seconds = [], [], {"f32": 0.0, "bf16": 0.0}
+        for film in films:
+            x = classifier.prepare(load_image(film).pixels)
+            maps = {}
+            for precision in ("f32", "bf16"):
+                args = {"region": LUNG_BOX, "reframe": False, "precision": precision, **kw, **preset}
+                elapsed, result = timed(lambda a=args, x=x: occlusion_map(classifier.model, x, **a))
+                maps[precision], seconds[precision] = result.map, seconds[precision] + elapsed
+            rhos.append(float(spearmanr(maps["f32"].ravel(), maps["bf16"].ravel()).statistic))
+            diffs.append(float(np.abs(maps["f32"] - maps["bf16"]).max()))
+            print(f"  {name} {film.name}: rank correlation {rhos[-1]:.4f}, max |diff| {diffs[-1]:.4f}", flush=True)
+        results[name] = {
+            **preset,
+            "films": len(films),
+            "min_rank_correlation": min(rhos),
+            "median_rank_correlation": statistics.median(rhos),
+            "share_at_least_0_99": float(np.mean(np.array(rhos) >= 0.99)),
+            "max_abs_diff": max(diffs),
+            "f32_over_bf16_time": seconds["f32"] / seconds["bf16"],
+        }
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    print(json.dumps({"runtime": classifier.served_runtime, "load_average": os.getloadavg()[0], "presets": results}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--precision-check", action="store_true", help="bf16 against float32 maps per preset")
+    parser.add_argument("--data", type=Path, default=EXAMPLES.parent, help="films for --precision-check")
     args = parser.parse_args()
     torch.set_num_threads(2)
     classifier = Classifier.load(args.checkpoint)
+    if args.precision_check:
+        occlusion_map(classifier.model, classifier.prepare(np.zeros((224, 224), np.float32)), window=112, stride=112)
+        precision_check(
+            classifier, sorted(p for p in args.data.rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+        )
+        return
     model, temperature = classifier.model, classifier.card.temperature
     image = sorted(EXAMPLES.glob("*.jpeg"))[0]
     x = classifier.prepare(load_image(image).pixels)
@@ -111,8 +158,10 @@ def main() -> None:
         f"max |exact - captum| {max_abs_diff:.1e}, max |app - exact| {app_vs_exact:.2f}"
     )
     app_kw = {"served": classifier.serving, "temperature": temperature, "batch_size": OCCLUSION_BATCH, "reframe": False}
+    card_precisions = classifier.card.runtime.get("occlusion_precision", {})
     presets = {}
     for name, preset in OCCLUSION_PRESETS.items():
+        preset = {**preset, "precision": card_precisions.get(name, "f32")}
         full_t, focus_t = [], []
         for _ in range(args.repeats):
             full_t.append(timed(lambda p=preset: occlusion_map(model, x, **app_kw, **p))[0])

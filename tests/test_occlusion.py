@@ -167,11 +167,21 @@ def test_baselines():
         {"stride": 13, "window": 12},
         {"region": (20, 10, 0, 5)},
         {"region": (0, 60, 0, 5)},
+        {"precision": "fp16"},
     ],
 )
 def test_invalid_settings_raise(resnet, image, kwargs):
     with pytest.raises(OcclusionError):
         occlusion_map(resnet, image, **kwargs)
+
+
+def test_bf16_map_runs_under_autocast_and_keeps_the_ranking(resnet, image):
+    full = occlusion_map(resnet, image, window=12, stride=6)
+    half = occlusion_map(resnet, image, window=12, stride=6, precision="bf16")
+    assert not np.array_equal(full.grid, half.grid)  # bfloat16 really ran
+    np.testing.assert_allclose(half.grid, full.grid, atol=0.05)
+    ranks = [np.argsort(np.argsort(g.ravel())) for g in (full.grid, half.grid)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.95
 
 
 def test_works_inside_inference_mode(resnet, image):

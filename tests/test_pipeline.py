@@ -46,6 +46,22 @@ def radiograph(tmp_path) -> Path:
     return path
 
 
+def test_occlusion_precision_follows_the_card(checkpoint, radiograph, monkeypatch):
+    from dataclasses import replace
+
+    import xray_xai.explain.occlusion as occlusion
+
+    classifier = Classifier.load(checkpoint)
+    classifier.card = replace(classifier.card, runtime={"occlusion_precision": {"fast": "bf16"}})
+    pipeline = Pipeline(classifier)
+    assert [pipeline.occlusion_precision(p) for p in ("fast", "fine")] == ["bf16", "f32"]
+    seen, real = [], occlusion.occlusion_map
+    monkeypatch.setattr(occlusion, "occlusion_map", lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
+    for preset in ("fast", "fine"):
+        pipeline.analyze(radiograph, Options(occlusion=preset))
+    assert seen == ["bf16", "f32"]
+
+
 def test_full_analysis(pipeline, radiograph):
     calls = []
     result = pipeline.analyze(

@@ -228,6 +228,7 @@ class Pipeline:
             # The lung-box members keep the clean film's box: segmenting every occluded copy
             # again doubles the full analysis (docs/faithfulness.md) for the few copies whose box moves.
             reframe=False,
+            precision=self.occlusion_precision(options.occlusion),
         )
         support = np.clip(occ.map, 0, None)
         occ_display = support / support.max() if support.max() > 0 else support
@@ -244,6 +245,11 @@ class Pipeline:
         )
         analysis = replace(analysis, report=build_report(analysis))
         return replace(result, analysis=analysis, maps=maps)
+
+    def occlusion_precision(self, preset: str) -> str:
+        """The precision of a preset's occlusion map: the card's ``runtime["occlusion_precision"]``
+        names the presets whose bf16 maps passed the check against float32 maps; f32 otherwise."""
+        return self.classifier.card.runtime.get("occlusion_precision", {}).get(preset, "f32")
 
     def analyze(self, source: str | os.PathLike | bytes, options: Options = Options(), progress=None) -> Result:
         return self.complete(self.first_pass(source, options), options, progress)
