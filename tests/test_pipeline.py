@@ -74,6 +74,8 @@ def test_full_analysis(pipeline, radiograph):
     assert analysis.agreement is not None
     assert analysis.anatomy is not None and set(analysis.anatomy.zones) == {"gradcam", "occlusion"}
     assert DISCLAIMER in analysis.report
+    assert analysis.runtime == pipeline.classifier.served_runtime and analysis.occlusion_precision == "f32"
+    assert f"- Computed with: {analysis.runtime} for the answer;" in analysis.report
     assert calls and calls[-1][0] == calls[-1][1]
     overlays = draw_result(result, opacity=0.5)
     assert overlays["gradcam"].shape == (240, 300, 3) and overlays["gradcam"].dtype == np.uint8

@@ -505,3 +505,14 @@ def test_operating_points_are_described_as_the_shipped_card_orders_them() -> Non
     assert points["screening"]["sensitivity"] >= 0.99 and points["rule_in"]["specificity"] >= 0.99
     assert "validation specificity of at least 99% and never below balanced: fewer false alarms" in lines["rule_in"]
     assert "on any films it raises no more false alarms than balanced does" in lines["rule_in"]
+
+
+@pytest.mark.parametrize(
+    "precision,maps",
+    [(None, "the heatmaps with PyTorch."), ("f32", "(occlusion in float32)"), ("bf16", "(occlusion in bfloat16)")],
+)
+def test_the_report_names_the_runtime_and_precision(precision, maps):
+    analysis = replace(HIGH_PNEUMONIA, runtime="OpenVINO 2026.4.1 f32", occlusion_precision=precision)
+    reliability = build_report(analysis).split("EXPLANATION RELIABILITY")[1].split("DISCLAIMER")[0]
+    assert "- Computed with: OpenVINO 2026.4.1 f32 for the answer;" in reliability and maps in reliability
+    assert "Computed with" not in build_report(HIGH_PNEUMONIA)  # not recorded: no line

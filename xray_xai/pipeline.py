@@ -158,7 +158,12 @@ class Pipeline:
             else ()
         )
         analysis = Analysis(
-            prediction=prediction, ood=ood, input_warnings=tuple(image.warnings), similar=similar, track_record=record
+            prediction=prediction,
+            ood=ood,
+            input_warnings=tuple(image.warnings),
+            similar=similar,
+            track_record=record,
+            runtime=self.classifier.served_runtime,
         )
         return Scored(image, prediction, analysis, x)
 
@@ -215,6 +220,7 @@ class Pipeline:
 
         target = self.classifier.card.classes.index(result.analysis.explained_class)
         region = occlusion_region(result.lung) if options.lung_focus else None
+        precision = self.occlusion_precision(options.occlusion)
         occ = occlusion_map(  # the whole ensemble: the map explains the probability the user is shown
             self.classifier.model,
             result.model_input,
@@ -228,7 +234,7 @@ class Pipeline:
             # The lung-box members keep the clean film's box: segmenting every occluded copy
             # again doubles the full analysis (docs/faithfulness.md) for the few copies whose box moves.
             reframe=False,
-            precision=self.occlusion_precision(options.occlusion),
+            precision=precision,
         )
         support = np.clip(occ.map, 0, None)
         occ_display = support / support.max() if support.max() > 0 else support
@@ -240,6 +246,7 @@ class Pipeline:
             prediction=evidence_checked(result.analysis.prediction, anatomy, self.shortcut_threshold),
             agreement=agreement(result.maps["gradcam"], occ.map, occ.grid.shape, region=occ.region),
             anatomy=anatomy,
+            occlusion_precision=precision,
             boxes=result.analysis.boxes
             + evidence_boxes(maps["occlusion"], "occlusion", frame, zone_regions(result.lung, occ_display.shape)),
         )

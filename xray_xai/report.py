@@ -645,7 +645,19 @@ def format_reliability(analysis: Analysis) -> list[str]:
         lines += [f"- Input warning: {warning}" for warning in analysis.input_warnings]
     else:
         lines.append("- Input quality: no warnings.")
-    return lines
+    computed = _computed_line(analysis)
+    return lines + ([computed] if computed else [])
+
+
+def _computed_line(analysis: Analysis) -> str | None:
+    """Which runtime and precision computed the answer and the maps (None when not recorded)."""
+    if not analysis.runtime:
+        return None
+    maps = "the heatmaps with PyTorch"
+    if analysis.occlusion_precision is not None:
+        precision = "bfloat16" if analysis.occlusion_precision == "bf16" else "float32"
+        maps += f" (occlusion in {precision})"
+    return f"- Computed with: {analysis.runtime} for the answer; {maps}."
 
 
 def not_radiograph_summary() -> str:

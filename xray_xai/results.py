@@ -193,6 +193,8 @@ class Analysis:
     similar: tuple[SimilarCase, ...] = ()  # nearest training films, most similar first; () without an index
     track_record: tuple[TrackRecord, ...] = ()  # how answers like this one fared per split; () without a model report
     boxes: tuple[EvidenceBox, ...] = ()  # strongest regions of each map, strongest first per map
+    runtime: str = ""  # what scored the film, e.g. "OpenVINO 2026.4.1 f32" ("": not recorded)
+    occlusion_precision: str | None = None  # the occlusion map's torch precision, "f32" or "bf16"; None until it ran
     report: str = ""
 
 
