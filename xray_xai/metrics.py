@@ -24,6 +24,7 @@ import numpy as np
 from scipy.stats import binomtest, bootstrap
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .conformal import INCONCLUSIVE, NORMAL, PNEUMONIA
 from .results import BANDS
 
 CI_LEVEL = 0.95
@@ -283,6 +284,20 @@ def share_figure(hits: np.ndarray, n_resamples: int, seed: int) -> dict:
         "n": n,
         "ci95": percentile_interval((hits,), np.mean, n_resamples, seed, paired=True),
         "exact_ci95": [float(exact.low), float(exact.high)],
+    }
+
+
+def answer_shares(given: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """What the answers (NORMAL, PNEUMONIA or INCONCLUSIVE) were worth on labelled films, each a
+    :func:`share_figure`: decisive answers that are right, answers INCONCLUSIVE, and normal films
+    not answered PNEUMONIA."""
+    given, labels = np.asarray(given, dtype=object), np.asarray(labels).astype(int)
+    decisive = given != INCONCLUSIVE
+    truth = np.where(labels == 1, PNEUMONIA, NORMAL)
+    return {
+        "decisive_right": share_figure((given == truth)[decisive], n_resamples, seed),
+        "inconclusive": share_figure(~decisive, n_resamples, seed),
+        "normal_not_called_pneumonia": share_figure(given[labels == 0] != PNEUMONIA, n_resamples, seed),
     }
 
 

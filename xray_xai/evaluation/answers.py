@@ -31,7 +31,7 @@ from .. import CLASSES
 from ..batch import read_rows
 from ..cli import entry_point, seed_parser
 from ..conformal import INCONCLUSIVE
-from ..metrics import share_figure
+from ..metrics import answer_shares, share_figure
 
 
 def truth(path: str) -> int | None:
@@ -69,9 +69,7 @@ def answer_figures(rows: list[dict], n_resamples: int = 2000, seed: int = 0) -> 
             "unlabelled_folder": sum(bool(r["ok"]) and truth(r["input"]) is None for r in rows),
         },
         "operating_points": sorted({r["operating_point"] for r in scored}),
-        "decisive_right": share(np.array([CLASSES[t] == a for t, a in zip(y, answer, strict=True)])[decisive]),
-        "inconclusive": share(~decisive),
-        "normal_not_called_pneumonia": share(answer[y == 0] != CLASSES[1]),
+        **answer_shares(answer, y, n_resamples, seed),
         "accuracy": share(right),
         "high_band_errors": share((band == "High") & ~right),
         "flagged": {"rule": "band below High, or an out-of-distribution warning"} | by_correctness(flagged),

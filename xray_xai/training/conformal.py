@@ -49,7 +49,7 @@ from ..checkpoint import DEFAULT_CHECKPOINT, ModelCard, read_card
 from ..conformal import INCONCLUSIVE, NORMAL, PNEUMONIA, ConformalThresholds, answers, coverage, fit_mondrian
 from ..data import VAL_PATIENTS_FILE, Sample, list_samples, patient_id, validation_samples
 from ..imaging import InputError, load_image
-from ..metrics import percentile_interval, share_figure
+from ..metrics import answer_shares, percentile_interval, share_figure
 from ..preprocess import read_dataset_image
 
 ALPHAS = (0.01, 0.02, 0.05, 0.1)
@@ -257,17 +257,15 @@ def answer_figures(
 ) -> dict:
     """Decisive accuracy, INCONCLUSIVE share, normal films not called PNEUMONIA and per-class
     coverage, each with its interval."""
-    given = answers(probabilities, thresholds, flagged)
-    truth = np.where(labels == 1, PNEUMONIA, NORMAL)
-    decisive = given != INCONCLUSIVE
+    shares = answer_shares(answers(probabilities, thresholds, flagged), labels, n_resamples, seed)
     normal_keep = probabilities <= thresholds.q_normal
     pneumonia_keep = 1.0 - probabilities <= thresholds.q_pneumonia
     covered = np.where(labels == 1, pneumonia_keep, normal_keep)
     return {
-        "decisive_right": share_figure((given == truth)[decisive], n_resamples, seed),
-        "inconclusive": share_figure(~decisive, n_resamples, seed),
+        "decisive_right": shares["decisive_right"],
+        "inconclusive": shares["inconclusive"],
         "flagged": share_figure(flagged, n_resamples, seed),
-        "normal_not_called_pneumonia": share_figure(given[labels == 0] != PNEUMONIA, n_resamples, seed),
+        "normal_not_called_pneumonia": shares["normal_not_called_pneumonia"],
         "coverage_normal": share_figure(covered[labels == 0], n_resamples, seed),
         "coverage_pneumonia": share_figure(covered[labels == 1], n_resamples, seed),
         "coverage": share_figure(covered, n_resamples, seed),
