@@ -178,13 +178,25 @@ def build_analyse_tab(handlers: Handlers) -> None:
     # generation of the page, and whatever still runs from an older one stops sending (see
     # Handlers), so nothing of an earlier film is ever shown next to another one.
     latest = dict(trigger_mode="always_last")
-    # A new upload (or an example, which only sets the upload): clear every result, show the
-    # film as the app reads it, then analyse it. An unreadable file stops after the preview's
-    # message, with the results already cleared.
-    cleared = upload.change(clear, None, outputs, show_progress="hidden", **latest, **private)
-    previewed = cleared.then(user_errors(preview_image), upload, preview, **latest, **private)
-    previewed.success(
-        user_errors(stream_upload), [upload, *settings], outputs, concurrency_id="model", **latest, **private
+
+    # A new film (an upload, or an example put in the upload): clear every result, show the film
+    # as the app reads it, then analyse it. An unreadable file stops after the preview's message,
+    # with the results already cleared. Started by the user's own actions (upload, example click),
+    # never by the upload's change event: on a busy page the change of a removal could read the
+    # next file, which then ran (or raised its error) twice.
+    def analyse_new_film(event) -> None:
+        cleared = event(clear, None, outputs, show_progress="hidden", **latest, **private)
+        previewed = cleared.then(user_errors(preview_image), upload, preview, **latest, **private)
+        previewed.success(
+            user_errors(stream_upload), [upload, *settings], outputs, concurrency_id="model", **latest, **private
+        )
+
+    analyse_new_film(upload.upload)
+    analyse_new_film(gallery.select(example_picker(examples), None, upload, **private).then)
+    # The film removed: every result and the preview cleared, the upload not read (a new file
+    # may already be in it, and has its own upload event).
+    upload.clear(clear, None, outputs, show_progress="hidden", **latest, **private).then(
+        lambda: None, None, preview, show_progress="hidden", **private
     )
     # Analyse re-runs with the current settings (reading the film again first, so that an
     # unreadable one stops with the loader's message there). Undocumented (callable, not
@@ -201,7 +213,6 @@ def build_analyse_tab(handlers: Handlers) -> None:
         concurrency_id="model",
         **latest,
     )
-    gallery.select(example_picker(examples), None, upload, **private)
     gr.on(
         [opacity.change, outline.change, boxes.change], redraw,
         [state, opacity, outline, boxes], [gradcam, occlusion_view],
