@@ -12,7 +12,14 @@ from PIL import Image
 from tiny import make_tiny_checkpoint, make_tiny_dataset
 
 from xray_xai.evaluation import faithfulness
-from xray_xai.evaluation.faithfulness import lung_figures, perturbation_curve, rank_pixels, step_counts
+from xray_xai.evaluation.faithfulness import (
+    RANDOM_GRID,
+    lung_figures,
+    perturbation_curve,
+    random_maps,
+    rank_pixels,
+    step_counts,
+)
 from xray_xai.models.lungs import LungMask
 
 SIZE, STEP = 16, 16
@@ -62,6 +69,25 @@ def test_good_map_beats_random_which_beats_the_worst_map():
     assert deletion["good"] < deletion["random"] < deletion["bad"]
     assert insertion["good"] > insertion["random"] > insertion["bad"]
     assert deletion["bad"] == pytest.approx(1 - 0.5 / (SIZE * SIZE // STEP))
+
+
+def test_random_references_are_seeded_noise_per_pixel_and_on_a_coarse_grid():
+    maps = random_maps(56, seed=(0, 3))
+    assert set(maps) == {"random", "random_smooth"}
+    for saliency in maps.values():
+        assert saliency.shape == (56, 56) and 0 <= saliency.min() and saliency.max() <= 1
+    np.testing.assert_array_equal(maps["random_smooth"], random_maps(56, seed=(0, 3))["random_smooth"])
+    assert not np.array_equal(maps["random_smooth"], random_maps(56, seed=(0, 4))["random_smooth"])
+
+    def neighbour_correlation(saliency: np.ndarray) -> float:
+        return float(np.corrcoef(saliency[:, :-1].ravel(), saliency[:, 1:].ravel())[0, 1])
+
+    assert abs(neighbour_correlation(maps["random"])) < 0.1  # independent pixels
+    assert neighbour_correlation(maps["random_smooth"]) > 0.95  # regions, like a CAM
+    # A 7 x 7 grid upsampled: the values at the cells' centres all differ, neighbours within a cell barely.
+    cell = 56 // RANDOM_GRID
+    centres = maps["random_smooth"][cell // 2 :: cell, cell // 2 :: cell]
+    assert centres.shape == (RANDOM_GRID, RANDOM_GRID) and len(np.unique(centres)) == RANDOM_GRID**2
 
 
 def test_curve_end_points_are_the_start_and_finish_images():
@@ -121,7 +147,7 @@ def test_cli_writes_every_figure(tiny):
     saved = json.loads((root / "out" / "faithfulness.json").read_text())
     assert saved["n"] == result["n"] == 3 and saved["n_with_mask"] == 2
     assert 0.1 < saved["lung_area_fraction"] < 0.6
-    assert set(saved["methods"]) == {"gradcam", "occlusion", "random"}
+    assert set(saved["methods"]) == {"gradcam", "occlusion", "random", "random_smooth"}
     for name, method in saved["methods"].items():
         for key in ("deletion_auc", "insertion_auc"):
             assert 0 <= method[key] <= 1, (name, key)
@@ -133,7 +159,12 @@ def test_cli_writes_every_figure(tiny):
         correlation = saved["methods"][name]["randomization_rank_correlation"]
         assert isinstance(correlation, float) and -1 <= correlation <= 1, name
         assert all(-1 <= row["randomization_rank_correlation"] <= 1 for row in saved["methods"][name]["per_image"])
-    assert "randomization_rank_correlation" not in saved["methods"]["random"]
+    for reference in ("random", "random_smooth"):
+        assert "randomization_rank_correlation" not in saved["methods"][reference]
+        for name in ("gradcam", "occlusion"):  # paired wins over each reference
+            wins = saved["methods"][name][f"vs_{reference}"]
+            assert set(wins) == {"deletion_lower_rate", "insertion_higher_rate"}
+            assert all(0 <= rate <= 1 for rate in wins.values())
     random = saved["methods"]["random"]
     assert random["inside_lung_fraction"] == pytest.approx(saved["lung_area_fraction"], abs=0.08)  # chance level
     assert len(saved["mean_curves"]["fraction"]) == len(saved["mean_curves"]["gradcam"]["deletion"]) == 32 + 1
@@ -200,13 +231,13 @@ def test_cli_scores_the_chosen_maps_only(tiny, tmp_path, capsys):
     root, checkpoint, data = tiny
     default = run(root, checkpoint, data, tmp_path / "default")
     chosen = run(root, checkpoint, data, tmp_path / "chosen", "--maps", "hirescam", "gradcam", "layercam", "gradcam")
-    assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random"] and chosen["settings"][
-        "maps"
-    ] == list(chosen["methods"])
+    assert list(chosen["methods"]) == ["hirescam", "gradcam", "layercam", "random", "random_smooth"]
+    assert chosen["settings"]["maps"] == list(chosen["methods"])
     assert (
         chosen["methods"]["gradcam"]["per_image"] == default["methods"]["gradcam"]["per_image"]
     )  # same map, same figures
-    assert chosen["methods"]["random"]["per_image"] == default["methods"]["random"]["per_image"]
+    for reference in ("random", "random_smooth"):
+        assert chosen["methods"][reference]["per_image"] == default["methods"][reference]["per_image"]
     assert chosen["settings"]["occlusion"] is None
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:  # nothing for --lung-focus to restrict

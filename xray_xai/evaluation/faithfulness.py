@@ -10,11 +10,16 @@ by the occlusion baseline (a heavily blurred copy by default, the same perturbat
 occlusion maps are made with); insertion starts from the blurred image and puts the original
 pixels back. The score is the calibrated probability of the explained class, which is the
 image's labelled class. A faithful map makes the deletion curve fall fast (low AUC) and the
-insertion curve rise fast (high AUC); a random map (seeded) is the reference.
+insertion curve rise fast (high AUC). Two seeded random maps are the references: ``random``
+(independent noise per pixel) and ``random_smooth`` (noise on a coarse grid, upsampled like a
+CAM). Pixel noise changes pixels scattered over the whole film, which restores (insertion) or
+keeps (deletion) its texture everywhere after a few steps, so both its curves stay near the
+clean probability; a map of regions, even a random one, changes whole regions at a time. The
+smooth map is the reference at the maps' own scale.
 
 ``--maps`` chooses what is scored: any of the app's CAM methods (``gradcam``, ``hirescam``,
 ``gradcam++``, ``layercam``) and ``occlusion`` (default: Grad-CAM and occlusion), always next to
-the seeded random map.
+the seeded random maps.
 
 Lung figures use reference masks in ``MASKDIR`` (same ``CLASS/NAME.png`` layout as ``DIR``,
 255 = lung, resized to the model input with nearest neighbour): the share of each map's
@@ -53,6 +58,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -79,7 +85,9 @@ from ..models.lungs import LungSegmenter  # noqa: E402
 from ..pipeline import occlusion_region  # noqa: E402
 from ..results import OUTSIDE_KEY, Region  # noqa: E402
 
-MAPS = (*CAM_METHODS, "occlusion")  # what --maps can score; a seeded random map is always scored too
+MAPS = (*CAM_METHODS, "occlusion")  # what --maps can score; the random references are always scored too
+REFERENCES = ("random", "random_smooth")
+RANDOM_GRID = 7  # cells per side of the smooth random map: the CAM grid of a 224 px ResNet
 STEP_PIXELS = 224  # pixels changed per step, as in RISE
 ScoreFn = Callable[[torch.Tensor], np.ndarray]
 
@@ -175,7 +183,7 @@ def explanation_maps(
     region: Region | None = None,
     randomized: torch.nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
-    """The maps named by ``--maps`` (CAM methods by name, "occlusion") and a seeded random map,
+    """The maps named by ``--maps`` (CAM methods by name, "occlusion") and the seeded random maps,
     made as the app makes them: CAMs of the explaining network, occlusion of the whole model
     (through the served runtime). With ``randomized`` (a copy of the whole model), that copy's maps."""
     size = classifier.input_size
@@ -204,7 +212,17 @@ def explanation_maps(
             served=classifier.serving if randomized is None else None,
             reframe=False,  # as the app: lung-box members keep the clean film's box
         ).map
-    return {**maps, "random": np.random.default_rng(seed).random((size, size), dtype=np.float32)}
+    return {**maps, **random_maps(size, seed)}
+
+
+def random_maps(size: int, seed: int | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The references (see :data:`REFERENCES`): noise per pixel, and noise on a
+    ``RANDOM_GRID``-square grid upsampled bilinearly to ``size`` (as CAMs are)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((size, size), dtype=np.float32)
+    grid = torch.from_numpy(rng.random((1, 1, RANDOM_GRID, RANDOM_GRID), dtype=np.float32))
+    smooth = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return {"random": pixels, "random_smooth": smooth}
 
 
 def select_samples(args: argparse.Namespace) -> list[Sample]:
@@ -258,7 +276,7 @@ def evaluate_image(
             "inside_lung_fraction": inside,
             "peak_in_lung": peak,
         }
-        if method in sanity and method != "random":
+        if method in sanity and method not in REFERENCES:
             record[method]["randomization_rank_correlation"] = rank_correlation(saliency, sanity[method])
         curves[method] = (deletion, insertion)
     # Where the curves end and start: if these are close to ``probability`` the test cannot discriminate.
@@ -273,10 +291,10 @@ def _mean(values: list) -> float | None:
 
 
 def summarize(records: list[dict], maps: list[str]) -> dict:
-    """Means per map (``maps`` and the random map), the 95th percentile of the outside-lung
-    share, and paired wins over random."""
+    """Means per map (``maps`` and the random references), the 95th percentile of the
+    outside-lung share, and paired wins over each reference."""
     methods = {}
-    for method in [*maps, "random"]:
+    for method in [*maps, *REFERENCES]:
         rows = [r[method] for r in records]
         inside = [r["inside_lung_fraction"] for r in rows if r["inside_lung_fraction"] is not None]
         summary = {
@@ -287,17 +305,18 @@ def summarize(records: list[dict], maps: list[str]) -> dict:
             "outside_lung_share_p95": float(np.percentile(1.0 - np.array(inside), 95)) if inside else None,
             "n_lung": len(inside),
         }
-        if method != "random":
+        if method not in REFERENCES:
             correlations = [r.get("randomization_rank_correlation") for r in rows]
             summary["randomization_rank_correlation"] = _mean(correlations)
-            summary["vs_random"] = {
-                "deletion_lower_rate": _mean(
-                    [r[method]["deletion_auc"] < r["random"]["deletion_auc"] for r in records]
-                ),
-                "insertion_higher_rate": _mean(
-                    [r[method]["insertion_auc"] > r["random"]["insertion_auc"] for r in records]
-                ),
-            }
+            for reference in REFERENCES:
+                summary[f"vs_{reference}"] = {
+                    "deletion_lower_rate": _mean(
+                        [r[method]["deletion_auc"] < r[reference]["deletion_auc"] for r in records]
+                    ),
+                    "insertion_higher_rate": _mean(
+                        [r[method]["insertion_auc"] > r[reference]["insertion_auc"] for r in records]
+                    ),
+                }
         summary["per_image"] = [{"file": r["file"], **r[method]} for r in records]
         methods[method] = summary
     return methods
@@ -343,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stride", type=int, default=16, help="occlusion stride (model-input px)")
     parser.add_argument(
         "--maps", nargs="+", choices=MAPS, default=["gradcam", "occlusion"],
-        help="maps to score: CAM methods by name and/or occlusion (a seeded random map is always scored)",
+        help="maps to score: CAM methods by name and/or occlusion (the seeded random maps are always scored)",
     )  # fmt: skip
     parser.add_argument(
         "--lung-focus", action="store_true", help="occlude only the box around the lungs, as the app does"
@@ -429,7 +448,7 @@ def run(argv: list[str] | None = None) -> dict:
             }
             if "occlusion" in args.maps
             else None,
-            "maps": [*args.maps, "random"],
+            "maps": [*args.maps, *REFERENCES],
             "sanity": "Spearman correlation of each map with the same map of a copy whose head and last stage "
             "are re-initialised (Adebayo et al. 2018)"
             if args.sanity
