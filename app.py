@@ -10,11 +10,16 @@ and a request that needs them waits until they have loaded. The Model tab is dra
 opened, or ahead in the background once the models have warmed up.
 """
 
+# ruff: noqa: E402 (the arena limit comes before the imports that start threads)
 from __future__ import annotations
 
 import argparse
 import os
 import threading
+
+from xray_xai.memory import limit_malloc_arenas
+
+limit_malloc_arenas()  # before any import starts a thread, which takes an arena of its own (see xray_xai.memory)
 
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT, read_card
 from xray_xai.pipeline import PendingPipeline, Pipeline
