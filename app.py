@@ -10,16 +10,18 @@ and a request that needs them waits until they have loaded. The Model tab is dra
 opened, or ahead in the background once the models have warmed up.
 """
 
-# ruff: noqa: E402 (the arena limit comes before the imports that start threads)
+# ruff: noqa: E402 (the memory settings come before the imports they concern)
 from __future__ import annotations
 
 import argparse
 import os
 import threading
 
-from xray_xai.memory import limit_malloc_arenas
+from xray_xai.memory import limit_malloc_arenas, without_triton
 
-limit_malloc_arenas()  # before any import starts a thread, which takes an arena of its own (see xray_xai.memory)
+# Before any import starts a thread (which takes an arena of its own) or loads torch (see xray_xai.memory).
+limit_malloc_arenas()
+without_triton()
 
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT, read_card
 from xray_xai.pipeline import PendingPipeline, Pipeline

@@ -1,4 +1,5 @@
-"""The server's malloc arena limit: threads that allocate at once share the arenas allowed."""
+"""The server's memory settings: threads that allocate at once share the malloc arenas allowed,
+and the networks load and explain without Triton."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from tests.tiny import make_tiny_checkpoint, synthetic_radiograph
 from xray_xai.memory import limit_malloc_arenas
 
 # Eight threads allocate and free many small blocks at once; glibc's malloc_stats() then prints
@@ -51,3 +55,29 @@ def test_threads_share_the_one_arena_allowed():
 def test_at_least_one_arena():
     with pytest.raises(ValueError, match="at least one arena"):
         limit_malloc_arenas(0)
+
+
+NO_TRITON = textwrap.dedent(
+    """
+    import sys
+    from xray_xai.memory import without_triton
+    without_triton()
+    import torch._dynamo, timm, pytorch_grad_cam  # each imports torch._dynamo, which looks for Triton
+    from torch.utils._triton import has_triton_package
+    from xray_xai.models.classifier import Classifier
+    from xray_xai.pipeline import Pipeline
+    assert not has_triton_package() and sys.modules["triton"] is None
+    result = Pipeline(Classifier.load(sys.argv[1])).analyze(sys.argv[2])
+    print(result.analysis.prediction.label, sorted(result.maps))
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_pipeline_loads_and_explains_without_triton(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path, size=64)  # room for the fast preset's 48 px window
+    film = tmp_path / "film.png"
+    Image.fromarray(synthetic_radiograph(np.random.default_rng(0), 96, 96, 1)).save(film)
+    done = subprocess.run([sys.executable, "-c", NO_TRITON, str(checkpoint), str(film)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] in ("NORMAL", "PNEUMONIA") and "'gradcam'" in done.stdout

@@ -44,7 +44,10 @@ OCCLUSION_PRESETS: dict[str, dict[str, int]] = {
     "fast": {"window": 48, "stride": 24},
     "fine": {"window": 16, "stride": 8},
 }
-OCCLUSION_BATCH = 64  # occluded copies per forward pass (the compiled networks run faster per film in larger batches)
+# Occluded copies per forward pass: 48 runs as fast as 64 (2026-12-07, the 16 examples, in
+# process: fast preset 1.26 s against 1.39 s a film, fine 8.2 s against 8.1 s) with a lower
+# activation peak, which sets the server's peak memory (docs/benchmarks.md, load).
+OCCLUSION_BATCH = 48
 EXPLAIN_TARGETS = ("predicted", "pneumonia")
 DISPLAY_MAX_SIDE = (
     640  # overlays are drawn on the upload, downscaled to at most this size (PNG encoding dominates latency)
