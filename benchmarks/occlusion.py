@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import Occlusion
-from scipy.stats import spearmanr
 
 from xray_xai.checkpoint import DEFAULT_CHECKPOINT
 from xray_xai.explain.occlusion import make_baseline, occlusion_map
+from xray_xai.explain.sanity import rank_correlation
 from xray_xai.imaging import load_image
 from xray_xai.models.classifier import Classifier
 from xray_xai.pipeline import OCCLUSION_BATCH, OCCLUSION_PRESETS
@@ -91,7 +91,7 @@ def precision_check(classifier: Classifier, films: list[Path]) -> None:
                 args = {"region": LUNG_BOX, "reframe": False, "precision": precision, **kw, **preset}
                 elapsed, result = timed(lambda a=args, x=x: occlusion_map(classifier.model, x, **a))
                 maps[precision], seconds[precision] = result.map, seconds[precision] + elapsed
-            rhos.append(float(spearmanr(maps["f32"].ravel(), maps["bf16"].ravel()).statistic))
+            rhos.append(rank_correlation(maps["f32"], maps["bf16"]))
             diffs.append(float(np.abs(maps["f32"] - maps["bf16"]).max()))
             print(f"  {name} {film.name}: rank correlation {rhos[-1]:.4f}, max |diff| {diffs[-1]:.4f}", flush=True)
         results[name] = {
