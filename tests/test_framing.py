@@ -18,9 +18,9 @@ from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.models.framing import (
     LungBoxFramed,
     LungBoxFramer,
-    crop_to_lungs,
     framing_box,
     is_framed,
+    lung_box,
     member_views,
     unframed,
 )
@@ -60,12 +60,15 @@ def test_framing_box_scales_the_mask_box_and_its_margin_to_the_image():
     assert framing_box(None, (100, 80)) == (0, 100, 0, 80)
 
 
-def test_crop_to_lungs_cuts_the_film_to_its_lung_box():
+def crop_to_lungs(film: np.ndarray, lungs: FixedLungs, margin: int) -> np.ndarray:
+    (y0, y1, x0, x1), _ = lung_box(film, lungs, margin)
+    return film[y0:y1, x0:x1]
+
+
+def test_lung_box_is_the_framing_box_of_the_segmented_lungs():
     film = np.random.default_rng(0).random((224, 224), dtype=np.float32)
-    crop, used = crop_to_lungs(film, FixedLungs(), margin=0)
-    assert used and np.array_equal(crop, film[40:80, 20:100])
-    whole, used = crop_to_lungs(film, FixedLungs(ok=False))
-    assert not used and np.array_equal(whole, film)
+    assert lung_box(film, FixedLungs(), margin=0) == ((40, 80, 20, 100), True)
+    assert lung_box(film, FixedLungs(ok=False)) == ((0, 224, 0, 224), False)  # implausible mask: the whole film
 
 
 def test_framed_network_sees_the_crop_the_training_copy_holds():
@@ -77,7 +80,7 @@ def test_framed_network_sees_the_crop_the_training_copy_holds():
     x = torch.from_numpy(np.stack([normalize(f, 0.5, 0.25) for f in films]))[:, None]
     # what xray_xai.training.lung_crops stores, read back and prepared as training does
     expected = torch.from_numpy(
-        np.stack([normalize(to_model_size(crop_to_lungs(f, lungs, 16)[0], SIZE), 0.5, 0.25) for f in films])
+        np.stack([normalize(to_model_size(crop_to_lungs(f, lungs, 16), SIZE), 0.5, 0.25) for f in films])
     )[:, None]
     framed_input = framed.frame(x)
     assert framed_input.shape == x.shape and lungs.calls >= 2 * 2
@@ -223,3 +226,26 @@ def test_lung_crops_cli_keeps_layout_and_stems_and_cuts_each_film(tmp_path, monk
     monkeypatch.setattr(lung_crops.LungSegmenter, "load", classmethod(lambda cls, path: FixedLungs(ok=False)))
     counts = lung_crops.main(["--data", str(data), "--out", str(tmp_path / "whole"), "--splits", "train"])
     assert counts["train"]["whole_film_fallbacks"] == 6
+
+
+def test_lung_crops_cuts_each_reference_mask_to_its_films_box(tmp_path, monkeypatch):
+    data = make_tiny_dataset(tmp_path / "data" / "train", per_class=2, masks=tmp_path / "masks" / "train").parent
+    missing = next((tmp_path / "masks" / "train" / "NORMAL").iterdir())
+    missing.unlink()  # a film without a reference mask gets no cut mask
+    monkeypatch.setattr(lung_crops.LungSegmenter, "load", classmethod(lambda cls, path: FixedLungs()))
+    args = ["--data", str(data), "--out", str(tmp_path / "crops"), "--splits", "train", "--margin", "0"]
+    with pytest.raises(SystemExit):
+        lung_crops.main([*args, "--lung-masks", str(tmp_path / "masks")])  # no --masks-out
+    counts = lung_crops.main([*args, "--lung-masks", str(tmp_path / "masks"), "--masks-out", str(tmp_path / "cut")])
+    assert counts == {"train": {"films": 4, "whole_film_fallbacks": 0, "masks": 3}}
+    for film in sorted((tmp_path / "crops" / "train").glob("*/*.png")):
+        cut = tmp_path / "cut" / "train" / film.parent.name / film.name
+        reference = tmp_path / "masks" / "train" / film.parent.name / film.name
+        assert cut.is_file() == reference.is_file()
+        if cut.is_file():
+            with Image.open(reference) as image:
+                lungs = to_model_size(np.asarray(image.convert("L"), dtype=np.float32) / 255, 224) > 0.5
+            cut_pixels = np.asarray(Image.open(cut))
+            assert cut_pixels.shape == np.asarray(Image.open(film)).shape  # the film's crop, pixel for pixel
+            assert np.array_equal(cut_pixels, lungs[40:80, 20:100].astype(np.uint8) * 255)
+            assert 0 < cut_pixels.mean() < 255  # the box cuts through the lungs: both values occur

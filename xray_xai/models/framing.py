@@ -45,14 +45,13 @@ def framing_box(
     )
 
 
-def crop_to_lungs(
+def lung_box(
     pixels: np.ndarray, segmenter: LungSegmenter, margin: int = LUNG_BOX_MARGIN
-) -> tuple[np.ndarray, bool]:
-    """The lung box of a grayscale [0, 1] film and whether the segmentation was used (False:
-    the whole film, because the mask failed its plausibility check)."""
+) -> tuple[tuple[int, int, int, int], bool]:
+    """:func:`framing_box` of a grayscale [0, 1] film as ``segmenter`` finds its lungs, and whether
+    the segmentation was used (False: the whole film, because the mask failed its plausibility check)."""
     mask = segmenter.segment(pixels)
-    y0, y1, x0, x1 = framing_box(mask, pixels.shape, margin)
-    return pixels[y0:y1, x0:x1], mask.ok
+    return framing_box(mask, pixels.shape, margin), mask.ok
 
 
 class LungBoxFramer:

@@ -3,10 +3,15 @@
     python -m xray_xai.training.lung_crops --data ../shared/data/chest_xray --out runs/crops
 
 Each film is squashed to the classifier's input size (as the app sees it), segmented with the
-committed lung segmenter and cut to the lung box plus a margin (:func:`xray_xai.models.framing.crop_to_lungs`),
+committed lung segmenter and cut to the lung box plus a margin (:func:`xray_xai.models.framing.lung_box`),
 the very crop that :class:`xray_xai.models.framing.LungBoxFramed` makes inside an ensemble. The copy
 keeps the folder layout and file stems (so patients and splits are unchanged) and is training
 data: keep it out of version control.
+
+With ``--lung-masks ROOT --masks-out DIR`` each film's reference lung mask
+(``ROOT/SPLIT/CLASS/STEM.png``, where there is one) is cut to the same box and written to
+``DIR/SPLIT/CLASS/STEM.png``, so that a lung-box member can be trained with the lung guidance
+(``xray_xai.training.classifier --data OUT --lung-masks DIR --lung-guidance ...``).
 """
 
 from __future__ import annotations
@@ -24,22 +29,47 @@ from tqdm import tqdm
 from .. import CLASSES
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT
 from ..cli import DATASET, data_parser, threads_parser
-from ..models.framing import LUNG_BOX_MARGIN, crop_to_lungs
+from ..models.framing import LUNG_BOX_MARGIN, lung_box
 from ..models.lungs import LungSegmenter
 from ..preprocess import read_dataset_image, to_model_size
 
 
-def crop_split(source: Path, target: Path, segmenter: LungSegmenter, size: int, margin: int) -> dict[str, int]:
-    """Crop every film of ``source/{NORMAL,PNEUMONIA}`` into ``target``; returns counts."""
-    films = fallback = 0
+def crop_split(
+    source: Path,
+    target: Path,
+    segmenter: LungSegmenter,
+    size: int,
+    margin: int,
+    masks: tuple[Path, Path] | None = None,
+) -> dict[str, int]:
+    """Crop every film of ``source/{NORMAL,PNEUMONIA}`` into ``target``; returns counts.
+
+    ``masks``: ``(reference root, output root)`` of this split's lung masks; a film's mask, squashed
+    to ``size`` like the film, is cut to the film's box and saved as a 0/255 PNG.
+    """
+    films = fallback = cut_masks = 0
     for name in CLASSES:
         (target / name).mkdir(parents=True, exist_ok=True)
+        if masks is not None:
+            (masks[1] / name).mkdir(parents=True, exist_ok=True)
         for path in tqdm(sorted((source / name).iterdir()), desc=f"{source.name}/{name}", file=sys.stderr, leave=False):
-            crop, used_mask = crop_to_lungs(to_model_size(read_dataset_image(path), size), segmenter, margin)
-            Image.fromarray(np.round(crop * 255).astype(np.uint8)).save(target / name / f"{path.stem}.png")
+            film = to_model_size(read_dataset_image(path), size)
+            (y0, y1, x0, x1), used_mask = lung_box(film, segmenter, margin)
+            save_png(film[y0:y1, x0:x1], target / name / f"{path.stem}.png")
             films += 1
             fallback += not used_mask
-    return {"films": films, "whole_film_fallbacks": fallback}
+            reference = masks[0] / name / f"{path.stem}.png" if masks is not None else None
+            if reference is not None and reference.is_file():
+                lungs = to_model_size(read_dataset_image(reference), size) > 0.5
+                save_png(lungs[y0:y1, x0:x1].astype(np.float32), masks[1] / name / f"{path.stem}.png")
+                cut_masks += 1
+    counts = {"films": films, "whole_film_fallbacks": fallback}
+    return counts if masks is None else {**counts, "masks": cut_masks}
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """A grayscale [0, 1] array as an 8-bit PNG."""
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the classifier's input size: films are cropped as the app sees them",
     )
     parser.add_argument("--margin", type=int, default=LUNG_BOX_MARGIN, help="px at 224 around the lungs")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--lung-masks", default=None, help="reference lung masks, ROOT/SPLIT/CLASS/STEM.png, to cut like the films"
+    )
+    parser.add_argument("--masks-out", default=None, help="where the cut masks go (with --lung-masks)")
+    args = parser.parse_args(argv)
+    if (args.lung_masks is None) != (args.masks_out is None):
+        parser.error("--lung-masks and --masks-out go together")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
@@ -72,7 +109,14 @@ def run(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
     torch.set_num_threads(args.threads)
     segmenter = LungSegmenter.load(args.segmenter)
     counts = {
-        split: crop_split(Path(args.data) / split, Path(args.out) / split, segmenter, args.input_size, args.margin)
+        split: crop_split(
+            Path(args.data) / split,
+            Path(args.out) / split,
+            segmenter,
+            args.input_size,
+            args.margin,
+            None if args.lung_masks is None else (Path(args.lung_masks) / split, Path(args.masks_out) / split),
+        )
         for split in args.splits
     }
     print(json.dumps(counts))
