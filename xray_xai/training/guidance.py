@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -37,9 +38,14 @@ def load_masks(samples: list[Sample], mask_root: str | Path, size: int) -> tuple
     for i, sample in enumerate(tqdm(samples, desc="lung masks", file=sys.stderr, leave=False)):
         path = mask_path(sample, mask_root)
         if path.is_file():
-            out[i, 0] = torch.from_numpy(to_model_size(read_dataset_image(path), size) > 0.5)
+            out[i, 0] = torch.from_numpy(reference_mask(path, size))
             found[i] = True
     return out, found
+
+
+def reference_mask(path: Path, size: int) -> np.ndarray:
+    """A reference lung mask squashed to ``size`` x ``size`` as its film is (True = lung)."""
+    return to_model_size(read_dataset_image(path), size) > 0.5
 
 
 def dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:

@@ -29,9 +29,11 @@ from tqdm import tqdm
 from .. import CLASSES
 from ..checkpoint import DEFAULT_LUNG_CHECKPOINT
 from ..cli import DATASET, data_parser, threads_parser
+from ..data import list_samples, mask_path
 from ..models.framing import LUNG_BOX_MARGIN, lung_box
 from ..models.lungs import LungSegmenter
 from ..preprocess import read_dataset_image, to_model_size
+from .guidance import reference_mask
 
 
 def crop_split(
@@ -47,22 +49,20 @@ def crop_split(
     ``masks``: ``(reference root, output root)`` of this split's lung masks; a film's mask, squashed
     to ``size`` like the film, is cut to the film's box and saved as a 0/255 PNG.
     """
+    for root in (target,) if masks is None else (target, masks[1]):
+        for name in CLASSES:
+            (root / name).mkdir(parents=True, exist_ok=True)
     films = fallback = cut_masks = 0
-    for name in CLASSES:
-        (target / name).mkdir(parents=True, exist_ok=True)
-        if masks is not None:
-            (masks[1] / name).mkdir(parents=True, exist_ok=True)
-        for path in tqdm(sorted((source / name).iterdir()), desc=f"{source.name}/{name}", file=sys.stderr, leave=False):
-            film = to_model_size(read_dataset_image(path), size)
-            (y0, y1, x0, x1), used_mask = lung_box(film, segmenter, margin)
-            save_png(film[y0:y1, x0:x1], target / name / f"{path.stem}.png")
-            films += 1
-            fallback += not used_mask
-            reference = masks[0] / name / f"{path.stem}.png" if masks is not None else None
-            if reference is not None and reference.is_file():
-                lungs = to_model_size(read_dataset_image(reference), size) > 0.5
-                save_png(lungs[y0:y1, x0:x1].astype(np.float32), masks[1] / name / f"{path.stem}.png")
-                cut_masks += 1
+    for sample in tqdm(list_samples(source), desc=source.name, file=sys.stderr, leave=False):
+        film = to_model_size(read_dataset_image(sample.path), size)
+        (y0, y1, x0, x1), used_mask = lung_box(film, segmenter, margin)
+        save_png(film[y0:y1, x0:x1], target / sample.path.parent.name / f"{sample.path.stem}.png")
+        films += 1
+        fallback += not used_mask
+        if masks is not None and mask_path(sample, masks[0]).is_file():
+            lungs = reference_mask(mask_path(sample, masks[0]), size)
+            save_png(lungs[y0:y1, x0:x1].astype(np.float32), mask_path(sample, masks[1]))
+            cut_masks += 1
     counts = {"films": films, "whole_film_fallbacks": fallback}
     return counts if masks is None else {**counts, "masks": cut_masks}
 
