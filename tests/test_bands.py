@@ -11,8 +11,8 @@ from tiny import DEFAULT_POINTS, TINY_ARCH, make_tiny_checkpoint, make_tiny_data
 
 from xray_xai.checkpoint import ModelCard
 from xray_xai.evaluation.checkpoint_metrics import band_metrics
-from xray_xai.evaluation.classifier import run
-from xray_xai.evaluation.scoring import Scored, blur_input
+from xray_xai.evaluation.classifier import describe_perturbation, perturbation, run
+from xray_xai.evaluation.scoring import Scored, blur_input, stretch_input
 from xray_xai.models.classifier import Classifier
 
 
@@ -67,6 +67,25 @@ def test_blur_input_is_a_gaussian_blur_at_input_size():
     profile = out[0, 0, 16].numpy()
     assert profile[16] == pytest.approx(1 / (2 * np.pi * 4), rel=1e-3)  # the 2-D Gaussian's peak at sigma 2
     assert np.argmax(profile) == 16
+
+
+def test_stretch_input_makes_the_film_taller_and_keeps_its_width():
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 22:42, 12:52] = 1.0
+    rows, cols = torch.nonzero(stretch_input(1.5)(x)[0, 0] > 0.5, as_tuple=True)
+    assert int(rows.max() - rows.min() + 1) == 30 and int(cols.max() - cols.min() + 1) == 40
+    assert torch.allclose(stretch_input(1.0)(x), x, atol=1e-5)
+
+
+def test_perturbations_compose_and_are_recorded():
+    assert perturbation(0.0, 1.0) is None and describe_perturbation(0.0, 1.0) is None
+    assert describe_perturbation(2.0, 1.15) == {"gaussian_blur_sigma_px": 2.0, "height_stretch": 1.15}
+    x = torch.zeros(1, 1, 33, 33)
+    x[0, 0, 12:21, 12:21] = 1.0
+    both = perturbation(2.0, 1.5)(x)
+    assert torch.allclose(both, blur_input(2.0)(stretch_input(1.5)(x)), atol=1e-6)
+    with pytest.raises(SystemExit, match="positive"):
+        perturbation(0.0, 0.0)
 
 
 @pytest.mark.slow

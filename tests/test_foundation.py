@@ -21,7 +21,7 @@ from xray_xai.data import Sample, patient_id, split_by_patient, split_with_patie
 from xray_xai.models.classifier import Classifier
 from xray_xai.models.factory import create_model, load_checkpoint
 from xray_xai.preprocess import preprocess, to_model_size
-from xray_xai.training.augment import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Augmentation, augment, mix
+from xray_xai.training.augment import SHARPNESS_KERNEL, SHARPNESS_SIGMA, Augmentation, augment, mix, warp
 from xray_xai.training.classifier import TrainConfig
 
 # --- data -------------------------------------------------------------------------------------
@@ -204,11 +204,37 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
 
 
 def test_train_config_describes_its_augmentation_with_its_flat_fields():
-    cfg = TrainConfig(max_rotation_deg=7.0, max_translation=0.05, scale_range=(0.8, 1.2), brightness=0.3, contrast=0.4,
-                      gamma=0.2, sharpness=0.5, blur=1.5, noise=0.01)  # fmt: skip
-    assert cfg.augmentation == Augmentation(rotation_deg=7.0, translation=0.05, scale_range=(0.8, 1.2), brightness=0.3,
-                                            contrast=0.4, gamma=0.2, sharpness=0.5, blur=1.5, noise=0.01)  # fmt: skip
+    cfg = TrainConfig(max_rotation_deg=7.0, max_translation=0.05, scale_range=(0.8, 1.2), aspect=0.2, brightness=0.3,
+                      contrast=0.4, gamma=0.2, sharpness=0.5, blur=1.5, noise=0.01)  # fmt: skip
+    assert cfg.augmentation == Augmentation(rotation_deg=7.0, translation=0.05, scale_range=(0.8, 1.2), aspect=0.2,
+                                            brightness=0.3, contrast=0.4, gamma=0.2, sharpness=0.5, blur=1.5,
+                                            noise=0.01)  # fmt: skip
     assert "augmentation" not in asdict(cfg)  # the saved configuration stays flat
+
+
+def _extent(mask: torch.Tensor) -> tuple[int, int]:
+    """Rows and columns a binary image covers."""
+    rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def test_aspect_augmentation_stretches_height_against_width():
+    square = torch.zeros(64, 1, 64, 64)
+    square[:, :, 22:42, 22:42] = 1.0
+    out = warp(square, Augmentation(aspect=0.3), torch.Generator().manual_seed(0))
+    heights, widths = zip(*(_extent(image[0]) for image in out), strict=True)
+    assert set(widths) == {20}  # the width is kept
+    assert min(heights) <= 16 and max(heights) >= 24  # exp(-0.3) * 20 = 14.8 ... exp(0.3) * 20 = 27
+    assert all(20 * math.exp(-0.3) - 2 <= h <= 20 * math.exp(0.3) + 2 for h in heights)
+
+
+def test_recipes_without_aspect_draw_the_same_random_numbers_as_before_it_existed():
+    batch = torch.rand(4, 1, 16, 16)
+    generator = torch.Generator().manual_seed(3)
+    warp(batch, Augmentation(rotation_deg=5.0, translation=0.05, scale_range=(0.9, 1.1)), generator)
+    reference = torch.Generator().manual_seed(3)
+    torch.rand(4 * 4, generator=reference)  # rotation, scale and two shifts: one number per image each
+    assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=reference))
 
 
 def test_gamma_augmentation_is_one_exposure_curve_per_image():

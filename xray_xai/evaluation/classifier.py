@@ -16,7 +16,11 @@ often wrong and right answers are flagged. Accuracy at each operating point, ECE
 each class, :func:`xray_xai.metrics.bootstrap_interval`) like the AUROC, so a figure near a target
 can be read with its sampling error on a few hundred films.
 ``--blur SIGMA`` scores softer copies of the films
-(a Gaussian blur at the model's input size) to measure robustness to acquisition shift.
+(a Gaussian blur at the model's input size) to measure robustness to acquisition shift;
+``--stretch FACTOR`` scores copies stretched in height by FACTOR (width kept), the same films
+squashed into the square from another shape: every training film was squashed whatever its
+shape, which makes the lungs' aspect ratio a label cue there, and this measures how much the
+network leans on it. Both together: stretched, then blurred.
 
 ``--split val`` keeps only the checkpoint's validation patients (``DIR`` = the training folder),
 so any checkpoint's validation numbers can be reproduced. ``--versus PATH`` scores a second
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +49,7 @@ from ..data import list_samples
 from ..models.classifier import Classifier
 from .checkpoint_metrics import band_metrics, compute_metrics, versus_metrics
 from .plots import save_plots
-from .scoring import Scored, blur_input, calibrated, score_samples
+from .scoring import Scored, blur_input, calibrated, score_samples, stretch_input
 
 
 def write_predictions(path: Path, scored: Scored, probs: np.ndarray) -> None:
@@ -54,6 +60,24 @@ def write_predictions(path: Path, scored: Scored, probs: np.ndarray) -> None:
             writer.writerow(
                 [f"{CLASSES[sample.label]}/{sample.path.name}", CLASSES[sample.label], f"{logit:.6f}", f"{p:.6f}"]
             )
+
+
+def perturbation(blur: float, stretch: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The copies scored instead of the films: stretched in height, then blurred (None: the films)."""
+    if stretch <= 0:
+        raise SystemExit(f"--stretch must be positive, not {stretch}.")
+    steps = ([stretch_input(stretch)] if stretch != 1.0 else []) + ([blur_input(blur)] if blur > 0 else [])
+    if not steps:
+        return None
+    return lambda x: functools.reduce(lambda y, step: step(y), steps, x)
+
+
+def describe_perturbation(blur: float, stretch: float) -> dict[str, float] | None:
+    """What ``metrics.json`` records of :func:`perturbation`."""
+    described = ({"gaussian_blur_sigma_px": blur} if blur > 0 else {}) | (
+        {"height_stretch": stretch} if stretch != 1.0 else {}
+    )
+    return described or None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="score softer copies: Gaussian blur of this sigma in px at the model's input size",
     )
+    parser.add_argument(
+        "--stretch",
+        type=float,
+        default=1.0,
+        help="score copies stretched in height by this factor about the centre, width kept (1: off)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
     return parser.parse_args(argv)
@@ -83,7 +113,7 @@ def run(argv: list[str] | None = None) -> dict:
     samples = select(list_samples(args.data), args.split, args.checkpoint)
     if not samples:
         raise SystemExit(f"No images found under {args.data}/{{{','.join(CLASSES)}}} (split {args.split}).")
-    perturb = blur_input(args.blur) if args.blur > 0 else None
+    perturb = perturbation(args.blur, args.stretch)
     scored = score_samples(classifier, samples, args.batch_size, perturb=perturb)
     if not scored.samples:
         raise SystemExit(f"None of the {len(samples)} images under {args.data} could be read.")
@@ -100,7 +130,7 @@ def run(argv: list[str] | None = None) -> dict:
         input_size=classifier.input_size,
         checkpoint_sha256=classifier.card.sha256,  # verified against the file on load
         split=args.split,
-        perturbation={"gaussian_blur_sigma_px": args.blur} if args.blur > 0 else None,
+        perturbation=describe_perturbation(args.blur, args.stretch),
         failed={"count": len(scored.failures), "files": [{"file": f, "reason": r} for f, r in scored.failures]},
     )
     if args.versus:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
@@ -40,6 +41,21 @@ def blur_input(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
     def perturb(x: torch.Tensor) -> torch.Tensor:
         blurred = gaussian_filter(x[0, 0].double().numpy(), sigma, mode="reflect")
         return torch.from_numpy(blurred).to(x.dtype)[None, None].contiguous(memory_format=torch.channels_last)
+
+    return perturb
+
+
+def stretch_input(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The film stretched in height by ``factor`` about its centre, width kept (border pixels
+    repeated where a squeeze leaves room): the same film squashed into the square from another
+    shape. The training films' squash makes the lungs' aspect ratio a label cue, so a network that
+    leans on it moves with this."""
+
+    def perturb(x: torch.Tensor) -> torch.Tensor:
+        theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0 / factor, 0.0]]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x.contiguous(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.contiguous(memory_format=torch.channels_last)
 
     return perturb
 

@@ -35,6 +35,7 @@ class Augmentation:
     rotation_deg: float = 0.0  # rotation in U(-this, this) degrees
     translation: float = 0.0  # shift in U(-this, this) of the side, each axis
     scale_range: tuple[float, float] = (1.0, 1.0)  # zoom in U(lo, hi)
+    aspect: float = 0.0  # height stretched against width by exp(U(-this, this))
     brightness: float = 0.0  # shift of [0, 1] pixels in U(-this, this)
     contrast: float = 0.0  # contrast factor in U(1 - this, 1 + this)
     gamma: float = 0.0  # exposure curve: pixels ** exp(U(-gamma, gamma))
@@ -49,8 +50,15 @@ def augment(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) 
 
 
 def warp(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
-    """Small rotation, translation and scale (patient positioning varies), batched with one
-    ``grid_sample``; every channel moves alike, so a lung mask stacked on a film stays on it."""
+    """Small rotation, translation and scale (patient positioning varies), and optionally a
+    change of aspect ratio, batched with one ``grid_sample``; every channel moves alike, so a lung
+    mask stacked on a film stays on it.
+
+    The aspect change is there because every film was squashed into a square whatever its
+    original shape: in the training set the lungs' height against their width tells pneumonia
+    from normal films (AUROC 0.92 on the reference masks of train/), a cue of the acquisition,
+    not of the disease. Stretching films at random makes it uninformative. With ``aspect == 0``
+    no random number is drawn for it, so earlier recipes give the same batches."""
     n = batch.shape[0]
     angle = torch.deg2rad(_uniform(n, -aug.rotation_deg, aug.rotation_deg, generator))
     scale = _uniform(n, *aug.scale_range, generator)
@@ -58,8 +66,12 @@ def warp(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> 
         _uniform(n, -aug.translation, aug.translation, generator),
         _uniform(n, -aug.translation, aug.translation, generator),
     )
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, 2 * shift[0]], 1), torch.stack([sin, cos, 2 * shift[1]], 1)], 1)
+    stretch = torch.exp(_uniform(n, -aug.aspect, aug.aspect, generator)) if aug.aspect > 0 else torch.ones(n)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = scale, scale * stretch  # sy > sx: the content is taller
+    theta = torch.stack(
+        [torch.stack([cos / sx, -sin / sy, 2 * shift[0]], 1), torch.stack([sin / sx, cos / sy, 2 * shift[1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

@@ -77,6 +77,7 @@ class TrainConfig:
     max_rotation_deg: float = 10.0
     max_translation: float = 0.08
     scale_range: tuple[float, float] = (0.9, 1.1)
+    aspect: float = 0.0  # height stretched against width by exp(U(-aspect, aspect))
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.0  # exposure curve: pixels ** exp(U(-gamma, gamma))
@@ -105,6 +106,7 @@ class TrainConfig:
             rotation_deg=self.max_rotation_deg,
             translation=self.max_translation,
             scale_range=tuple(self.scale_range),
+            aspect=self.aspect,
             brightness=self.brightness,
             contrast=self.contrast,
             gamma=self.gamma,
@@ -170,6 +172,7 @@ def train(args: argparse.Namespace) -> ModelCard:
         max_rotation_deg=args.rotation,
         max_translation=args.translation,
         scale_range=(1 - args.scale, 1 + args.scale),
+        aspect=args.aspect,
     )
     torch.manual_seed(cfg.seed)
     work, out = Path(args.work), Path(args.out)
@@ -405,6 +408,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scale", type=float, default=round(1 - defaults.scale_range[0], 6), help="augmentation: zoom in 1 +- this"
+    )
+    parser.add_argument(
+        "--aspect",
+        type=float,
+        default=defaults.aspect,
+        help="augmentation: height stretched against width by exp(U(-this, this)); the squash of every "
+        "film into a square makes the lungs' aspect ratio a label cue of the training set",
     )
     parser.add_argument(
         "--output-stride",
