@@ -12,8 +12,14 @@ presence or shape could read the label from it instead of from the lungs:
 
 For the validation split of a checkpoint and for shift_dev this reports, per class, the share of
 films with a reference mask and the share whose predicted mask fails the plausibility check,
-and how well the predicted lung area and lung-box area alone separate the classes (AUROC; 0.5 =
-no information). Nothing is fitted.
+and how well the predicted lung area, lung-box area and lung-box aspect ratio (height / width)
+alone separate the classes (AUROC; 0.5 = no information). Nothing is fitted.
+
+The aspect ratio is a cue of the films, not of the masks: every film was squashed into a square
+whatever its original shape, so the lungs' shape in the square says something about the
+original frame, and in the training set that differs by class. Any network can read it from the
+anatomy, whole film or lung box (the box is squashed to a square too); ``evaluate --stretch``
+measures how much the networks lean on it, ``training.classifier --aspect`` trains against it.
 """
 
 from __future__ import annotations
@@ -48,12 +54,13 @@ def leak_figures(samples: list[Sample], mask_dir: Path, segmenter: LungSegmenter
     """Per-class mask availability and segmentation failures, and the AUROC of mask-derived sizes."""
     labels = np.array([s.label for s in samples])
     has_reference = np.array([mask_path(s, mask_dir).is_file() for s in samples])
-    area, box_area, failed = [], [], []
+    area, box_area, box_aspect, failed = [], [], [], []
     for sample in tqdm(samples, desc="segmenting", file=sys.stderr, leave=False):
         mask = segmenter.segment(read_dataset_image(sample.path))
         y0, y1, x0, x1 = mask.box(margin=LUNG_BOX_MARGIN)
         area.append(mask.area_fraction)
         box_area.append((y1 - y0) * (x1 - x0) / mask.mask.size)
+        box_aspect.append((y1 - y0) / (x1 - x0))
         failed.append(not mask.ok)
     failed_array = np.array(failed)
     per_class = {
@@ -69,6 +76,7 @@ def leak_figures(samples: list[Sample], mask_dir: Path, segmenter: LungSegmenter
         "per_class": per_class,
         "auroc_lung_area": _auroc(labels, np.array(area)),
         "auroc_lung_box_area": _auroc(labels, np.array(box_area)),
+        "auroc_lung_box_aspect": _auroc(labels, np.array(box_aspect)),
         "auroc_segmentation_failure": _auroc(labels, failed_array.astype(float)),
         "auroc_reference_mask_missing": _auroc(labels, (~has_reference).astype(float)),
     }
