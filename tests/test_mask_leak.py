@@ -15,7 +15,7 @@ from xray_xai.preprocess import read_dataset_image
 
 class ShapeSegmenter:
     """Lungs 24 px wide; 40 px tall on films brighter than ``cut`` on average (the toy pneumonia
-    films are), 30 px on the others; each film's area set by its own mean so areas differ too."""
+    films are), 30 px on the others, so the lung area follows the label as well as the box shape."""
 
     def __init__(self, cut: float) -> None:
         self.cut = cut

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -66,10 +65,13 @@ def perturbation(blur: float, stretch: float) -> Callable[[torch.Tensor], torch.
     """The copies scored instead of the films: stretched in height, then blurred (None: the films)."""
     if stretch <= 0:
         raise SystemExit(f"--stretch must be positive, not {stretch}.")
-    steps = ([stretch_input(stretch)] if stretch != 1.0 else []) + ([blur_input(blur)] if blur > 0 else [])
-    if not steps:
-        return None
-    return lambda x: functools.reduce(lambda y, step: step(y), steps, x)
+    if stretch == 1.0:
+        return blur_input(blur) if blur > 0 else None
+    stretched = stretch_input(stretch)
+    if blur <= 0:
+        return stretched
+    blurred = blur_input(blur)
+    return lambda x: blurred(stretched(x))
 
 
 def describe_perturbation(blur: float, stretch: float) -> dict[str, float] | None:
